@@ -1,0 +1,12 @@
+//! mpc-action-gateway: an intranet gateway in front of the Minor Planet
+//! Center's Action Codes API.
+
+pub mod cli;
+pub mod config;
+pub mod identity;
+pub mod label;
+pub mod problem;
+pub mod routes;
+pub mod startup;
+pub mod telemetry;
+pub mod upstream;
