@@ -1,0 +1,272 @@
+//! The command line: serve by default, plus the operators' subcommands.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::identity::{generate_key, key_digest};
+use crate::label::Label;
+use crate::startup::Application;
+use crate::telemetry;
+
+/// How long `healthcheck` waits for an answer.
+const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Intranet gateway in front of the Minor Planet Center's Action Codes API.
+#[derive(Debug, Parser)]
+#[command(name = "mpc-action-gateway", version, about)]
+pub struct Cli {
+    /// Configuration file layered over the built-in defaults.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// What to do; serves when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the public and admin APIs (the default).
+    Serve,
+    /// Validate the configuration and print the effective settings as TOML.
+    CheckConfig,
+    /// Read an API key on stdin and print its SHA-256 digest for `[[auth.keys]]`.
+    HashKey,
+    /// Print a new random API key and the config lines that admit it.
+    GenKey {
+        /// The user the key identifies.
+        #[arg(long)]
+        user: String,
+        /// The quota tier of that user.
+        #[arg(long, default_value = "default")]
+        tier: String,
+    },
+    /// Print each label's kind, or why it is invalid; exit 1 if any is invalid.
+    Validate {
+        /// Labels to check.
+        #[arg(required = true)]
+        labels: Vec<String>,
+    },
+    /// Exit 0 when the gateway's health endpoint answers 200 within 2 s, else 1.
+    Healthcheck {
+        /// Full URL to probe; defaults to http://<admin.listen>/healthz.
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+/// Parses the command line and runs it.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.config),
+        Command::CheckConfig => check_config(cli.config),
+        Command::HashKey => hash_key(),
+        Command::GenKey { user, tier } => gen_key(&user, &tier),
+        Command::Validate { labels } => return validate(&labels),
+        Command::Healthcheck { url } => return healthcheck(cli.config, url),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("mpc-action-gateway: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(config: Option<PathBuf>) -> Result<Settings, String> {
+    Settings::load(config.as_deref()).map_err(|e| e.to_string())
+}
+
+fn serve(config: Option<PathBuf>) -> Result<(), String> {
+    let settings = load(config)?;
+    telemetry::init(&settings.log);
+    actix_web::rt::System::new().block_on(async move {
+        let application = Application::build(settings.clone()).map_err(|e| {
+            tracing::error!(error = %e, "cannot start");
+            e.to_string()
+        })?;
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            public = %application.public_addr(),
+            admin = %application.admin_addr(),
+            upstream = %settings.upstream.retrieve_url(),
+            "mpc-action-gateway serving"
+        );
+        application
+            .run_until_stopped()
+            .await
+            .map_err(|e| format!("server failed: {e}"))
+    })
+}
+
+fn check_config(config: Option<PathBuf>) -> Result<(), String> {
+    let settings = load(config)?;
+    print!("{}", settings.to_toml());
+    Ok(())
+}
+
+fn hash_key() -> Result<(), String> {
+    let mut input = String::new();
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .map_err(|e| format!("cannot read the key from stdin: {e}"))?;
+    let key = input
+        .strip_suffix('\n')
+        .map(|k| k.strip_suffix('\r').unwrap_or(k))
+        .unwrap_or(&input);
+    if key.is_empty() {
+        return Err("no key on stdin".to_owned());
+    }
+    println!("{}", key_digest(key));
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct KeyEntry<'a> {
+    user: &'a str,
+    sha256: String,
+    tier: &'a str,
+}
+
+#[derive(Serialize)]
+struct AuthSection<'a> {
+    keys: [KeyEntry<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct KeySnippet<'a> {
+    auth: AuthSection<'a>,
+}
+
+fn gen_key(user: &str, tier: &str) -> Result<(), String> {
+    if user.trim().is_empty() || user.chars().any(char::is_control) {
+        return Err("--user must be a non-empty name without control characters".to_owned());
+    }
+    if tier.is_empty()
+        || !tier
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err("--tier must be a name of letters, digits, '-' or '_'".to_owned());
+    }
+    let key = generate_key();
+    let snippet = KeySnippet {
+        auth: AuthSection {
+            keys: [KeyEntry {
+                user,
+                sha256: key_digest(&key),
+                tier,
+            }],
+        },
+    };
+    let lines = toml::to_string(&snippet).map_err(|e| e.to_string())?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{key}")
+        .and_then(|()| {
+            writeln!(
+                out,
+                "\n# Give the key above to {user}; it is not stored anywhere.\n\
+                 # Add these lines to the gateway's configuration file:\n{lines}"
+            )
+        })
+        .map_err(|e| e.to_string())
+}
+
+fn validate(labels: &[String]) -> ExitCode {
+    let mut all_valid = true;
+    for raw in labels {
+        match Label::parse(raw) {
+            Ok(label) => println!("{label}\t{}", label.kind()),
+            Err(error) => {
+                all_valid = false;
+                println!("{}\tinvalid: {error}", raw.escape_debug());
+            }
+        }
+    }
+    if all_valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn healthcheck(config: Option<PathBuf>, url: Option<String>) -> ExitCode {
+    let url = match url {
+        Some(url) => url,
+        None => match load(config) {
+            Ok(settings) => format!("http://{}/healthz", connectable(settings.admin.listen)),
+            Err(message) => {
+                eprintln!("mpc-action-gateway: {message}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let healthy = actix_web::rt::System::new().block_on(async {
+        let client = awc::Client::builder().timeout(HEALTHCHECK_TIMEOUT).finish();
+        match client.get(&url).send().await {
+            Ok(response) if response.status().as_u16() == 200 => true,
+            Ok(response) => {
+                eprintln!("{url} answered {}", response.status());
+                false
+            }
+            Err(error) => {
+                eprintln!("{url}: {error}");
+                false
+            }
+        }
+    });
+    if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// A wildcard listen address is reached through loopback.
+fn connectable(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(v4) if v4.ip().is_unspecified() => {
+            SocketAddr::from(([127, 0, 0, 1], v4.port()))
+        }
+        SocketAddr::V6(v6) if v6.ip().is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, v6.port()))
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn wildcard_addresses_become_loopback() {
+        assert_eq!(
+            connectable("0.0.0.0:8081".parse().unwrap()),
+            "127.0.0.1:8081".parse().unwrap()
+        );
+        assert_eq!(
+            connectable("[::]:8081".parse().unwrap()),
+            "[::1]:8081".parse().unwrap()
+        );
+        assert_eq!(
+            connectable("10.1.2.3:8081".parse().unwrap()),
+            "10.1.2.3:8081".parse().unwrap()
+        );
+    }
+}

@@ -1,0 +1,226 @@
+//! The one error type of the HTTP boundary, rendered once as RFC 9457
+//! `application/problem+json`.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::{Map, Value, json};
+
+use crate::label::{ACCEPTED_FORMATS, LabelError};
+use crate::upstream::MpcAnswer;
+
+/// Media type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Everything that can refuse a request, each with its SPEC'd status and type.
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    /// The body is not JSON or has no `label` string.
+    #[error("malformed request: {0}")]
+    MalformedRequest(String),
+    /// The body is larger than `server.max_body_bytes`.
+    #[error("request body larger than {limit} bytes")]
+    PayloadTooLarge {
+        /// The configured cap.
+        limit: usize,
+    },
+    /// The body is not declared as JSON.
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    /// The label breaks the MPC's rules.
+    #[error("invalid label: {error}")]
+    InvalidLabel {
+        /// The label as the caller sent it.
+        label: String,
+        /// The rule it broke.
+        error: LabelError,
+    },
+    /// The MPC answered 4xx.
+    #[error("the MPC refused the label with status {}", .0.status)]
+    UpstreamRejected(MpcAnswer),
+    /// The MPC answered 5xx or something unusable, or could not be reached.
+    #[error("upstream error: {0}")]
+    UpstreamError(String),
+    /// The MPC did not answer within `upstream.timeout`.
+    #[error("the MPC did not answer in time")]
+    UpstreamTimeout,
+    /// No such route.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The route exists but not for this method.
+    #[error("method not allowed; use {allow}")]
+    MethodNotAllowed {
+        /// Methods the route accepts.
+        allow: &'static str,
+    },
+}
+
+impl Problem {
+    /// The `type` URI; fixed by the contract.
+    pub fn type_uri(&self) -> &'static str {
+        match self {
+            Self::MalformedRequest(_) => "urn:mpc-gateway:malformed-request",
+            Self::PayloadTooLarge { .. } => "urn:mpc-gateway:payload-too-large",
+            Self::UnsupportedMediaType(_) => "urn:mpc-gateway:unsupported-media-type",
+            Self::InvalidLabel { .. } => "urn:mpc-gateway:invalid-label",
+            Self::UpstreamRejected(_) => "urn:mpc-gateway:upstream-rejected",
+            Self::UpstreamError(_) => "urn:mpc-gateway:upstream-error",
+            Self::UpstreamTimeout => "urn:mpc-gateway:upstream-timeout",
+            Self::NotFound(_) => "urn:mpc-gateway:not-found",
+            Self::MethodNotAllowed { .. } => "urn:mpc-gateway:method-not-allowed",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            Self::MalformedRequest(_) => "Malformed request",
+            Self::PayloadTooLarge { .. } => "Payload too large",
+            Self::UnsupportedMediaType(_) => "Unsupported media type",
+            Self::InvalidLabel { .. } => "Invalid label",
+            Self::UpstreamRejected(_) => "The MPC rejected the request",
+            Self::UpstreamError(_) => "The MPC could not be used",
+            Self::UpstreamTimeout => "The MPC did not answer in time",
+            Self::NotFound(_) => "Not found",
+            Self::MethodNotAllowed { .. } => "Method not allowed",
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            Self::MalformedRequest(why) => {
+                format!("The body must be a JSON object with a string member \"label\": {why}.")
+            }
+            Self::PayloadTooLarge { limit } => {
+                format!("The request body is larger than the {limit} bytes this gateway accepts.")
+            }
+            Self::UnsupportedMediaType(why) => format!(
+                "{why}; send the body as JSON with the header 'Content-Type: application/json'."
+            ),
+            Self::InvalidLabel { error, .. } => {
+                format!("The label is not one the MPC accepts: {error}.")
+            }
+            Self::UpstreamRejected(answer) => format!(
+                "The MPC answered {} for this label, so no action code was sent; \
+                 check that the label belongs to a submission from this observatory.",
+                answer.status
+            ),
+            Self::UpstreamError(why) => {
+                format!("{why}. No action code was requested; try again later.")
+            }
+            Self::UpstreamTimeout => "The MPC did not answer in time. It may still send the \
+                 email: check the mailbox before asking again."
+                .to_owned(),
+            Self::NotFound(path) => format!("There is no resource at {path}."),
+            Self::MethodNotAllowed { allow } => {
+                format!("This resource accepts only {allow}.")
+            }
+        }
+    }
+
+    fn extensions(&self, body: &mut Map<String, Value>) {
+        match self {
+            Self::InvalidLabel { label, error } => {
+                body.insert("label".into(), json!(label));
+                body.insert("reason".into(), json!(error.to_string()));
+                body.insert("accepted_formats".into(), json!(ACCEPTED_FORMATS));
+            }
+            Self::UpstreamRejected(answer) => {
+                body.insert("upstream".into(), json!(answer));
+            }
+            Self::PayloadTooLarge { limit } => {
+                body.insert("max_body_bytes".into(), json!(limit));
+            }
+            _ => {}
+        }
+    }
+
+    /// The problem document as JSON.
+    pub fn to_json(&self) -> Value {
+        let mut body = Map::new();
+        body.insert("type".into(), json!(self.type_uri()));
+        body.insert("title".into(), json!(self.title()));
+        body.insert("status".into(), json!(self.status_code().as_u16()));
+        body.insert("detail".into(), json!(self.detail()));
+        self.extensions(&mut body);
+        Value::Object(body)
+    }
+}
+
+impl ResponseError for Problem {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::MalformedRequest(_) => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::InvalidLabel { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::UpstreamRejected(answer) => StatusCode::from_u16(answer.status)
+                .ok()
+                .filter(StatusCode::is_client_error)
+                .unwrap_or(StatusCode::BAD_REQUEST),
+            Self::UpstreamError(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON)));
+        if let Self::MethodNotAllowed { allow } = self {
+            response.insert_header((header::ALLOW, HeaderValue::from_static(allow)));
+        }
+        response.body(self.to_json().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::label::Label;
+
+    #[test]
+    fn invalid_label_carries_reason_and_formats() {
+        let error = Label::parse("bad label").unwrap_err();
+        let problem = Problem::InvalidLabel {
+            label: "bad label".into(),
+            error: error.clone(),
+        };
+        let body = problem.to_json();
+        assert_eq!(body["type"], "urn:mpc-gateway:invalid-label");
+        assert_eq!(body["status"], 422);
+        assert_eq!(body["label"], "bad label");
+        assert_eq!(body["reason"], error.to_string());
+        assert_eq!(body["accepted_formats"].as_array().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn upstream_rejection_keeps_the_mpc_status() {
+        let problem = Problem::UpstreamRejected(MpcAnswer {
+            status: 404,
+            body: Some(json!({"error": "unknown"})),
+        });
+        assert_eq!(problem.status_code(), StatusCode::NOT_FOUND);
+        assert_eq!(problem.to_json()["upstream"]["body"]["error"], "unknown");
+    }
+
+    #[test]
+    fn every_problem_has_the_rfc9457_members() {
+        let problems = [
+            Problem::MalformedRequest("x".into()),
+            Problem::PayloadTooLarge { limit: 1 },
+            Problem::UnsupportedMediaType("x".into()),
+            Problem::UpstreamError("x".into()),
+            Problem::UpstreamTimeout,
+            Problem::NotFound("/x".into()),
+            Problem::MethodNotAllowed { allow: "POST" },
+        ];
+        for problem in problems {
+            let body = problem.to_json();
+            for member in ["type", "title", "status", "detail"] {
+                assert!(body.get(member).is_some(), "{problem:?} lacks {member}");
+            }
+            assert_eq!(body["status"], problem.status_code().as_u16());
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! `GET /api/action-codes/labels/{label}`: check a label without contacting the MPC.
+
+use actix_web::{HttpResponse, web};
+use serde::Serialize;
+
+use crate::label::{Label, LabelKind};
+use crate::problem::Problem;
+
+#[derive(Serialize)]
+struct LabelStatus<'a> {
+    label: &'a Label,
+    label_kind: LabelKind,
+    valid: bool,
+    last_requested_at: Option<String>,
+    resend_available_at: Option<String>,
+}
+
+/// Validates the label and reports what the gateway remembers of it.
+pub async fn status(path: web::Path<String>) -> Result<HttpResponse, Problem> {
+    let raw = path.into_inner();
+    let label = Label::parse(&raw).map_err(|error| Problem::InvalidLabel { label: raw, error })?;
+    tracing::Span::current().record("label_kind", label.kind().as_str());
+    Ok(HttpResponse::Ok().json(LabelStatus {
+        label: &label,
+        label_kind: label.kind(),
+        valid: true,
+        last_requested_at: None,
+        resend_available_at: None,
+    }))
+}

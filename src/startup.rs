@@ -1,0 +1,212 @@
+//! Wiring: binds both listeners, builds per-worker clients, runs until a
+//! stop signal and drains.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+
+use crate::config::Settings;
+use crate::routes;
+use crate::telemetry::request_context;
+use crate::upstream::{MpcClient, tls_config};
+
+/// State shared by every worker of the public listener.
+#[derive(Debug)]
+pub struct AppState {
+    /// Cap on request bodies, from `server.max_body_bytes`.
+    pub max_body_bytes: usize,
+}
+
+/// Whether the gateway is still taking work; flips once, at shutdown.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    shutting_down: AtomicBool,
+}
+
+impl Readiness {
+    /// Marks the start of shutdown; `/readyz` turns 503.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        /// The settings key naming the address.
+        key: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+}
+
+/// A bound, not yet running gateway: the public and admin servers.
+pub struct Application {
+    public_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    public: Server,
+    admin: Server,
+    readiness: web::Data<Readiness>,
+}
+
+impl Application {
+    /// Binds both listeners (port 0 picks a free port) and builds the servers.
+    pub fn build(settings: Settings) -> Result<Self, StartupError> {
+        let public_listener = bind("server.listen", settings.server.listen)?;
+        let admin_listener = bind("admin.listen", settings.admin.listen)?;
+        let public_addr = local_addr("server.listen", &public_listener)?;
+        let admin_addr = local_addr("admin.listen", &admin_listener)?;
+
+        let readiness = web::Data::new(Readiness::default());
+        let state = web::Data::new(AppState {
+            max_body_bytes: settings.server.max_body_bytes.get(),
+        });
+        let upstream = settings.upstream.clone();
+        let tls = tls_config();
+        let mut public = HttpServer::new(move || {
+            // awc clients are not Send: one per worker thread.
+            let mpc = web::Data::new(MpcClient::new(&upstream, tls.clone()));
+            App::new()
+                .wrap(from_fn(request_context))
+                .app_data(state.clone())
+                .app_data(mpc)
+                .configure(routes::public)
+                .default_service(web::to(routes::not_found))
+        })
+        .disable_signals();
+        if settings.server.workers > 0 {
+            public = public.workers(settings.server.workers);
+        }
+        let public = public
+            .listen(public_listener)
+            .map_err(|source| StartupError::Bind {
+                key: "server.listen",
+                addr: public_addr,
+                source,
+            })?
+            .run();
+
+        let admin_readiness = readiness.clone();
+        let admin = HttpServer::new(move || {
+            App::new()
+                .wrap(from_fn(request_context))
+                .app_data(admin_readiness.clone())
+                .configure(routes::admin)
+                .default_service(web::to(routes::not_found))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(admin_listener)
+        .map_err(|source| StartupError::Bind {
+            key: "admin.listen",
+            addr: admin_addr,
+            source,
+        })?
+        .run();
+
+        Ok(Self {
+            public_addr,
+            admin_addr,
+            public,
+            admin,
+            readiness,
+        })
+    }
+
+    /// Where the public API listens.
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public_addr
+    }
+
+    /// Where the admin API listens.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// A handle that stops the gateway as a signal would.
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            public: self.public.handle(),
+            admin: self.admin.handle(),
+            readiness: self.readiness.clone(),
+        }
+    }
+
+    /// Serves until SIGTERM or SIGINT (or a [`Stopper`]), then drains and returns.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let stopper = self.stopper();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            stopper.stop().await;
+        });
+        let (public, admin) = tokio::join!(self.public, self.admin);
+        public.and(admin)
+    }
+}
+
+/// Stops a running [`Application`] gracefully.
+#[derive(Clone)]
+pub struct Stopper {
+    public: ServerHandle,
+    admin: ServerHandle,
+    readiness: web::Data<Readiness>,
+}
+
+impl Stopper {
+    /// Refuses new connections, lets in-flight requests finish, then stops.
+    pub async fn stop(&self) {
+        tracing::info!("shutting down: finishing in-flight requests");
+        self.readiness.begin_shutdown();
+        self.public.stop(true).await;
+        self.admin.stop(true).await;
+        tracing::info!("stopped");
+    }
+}
+
+fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr).map_err(|source| StartupError::Bind { key, addr, source })
+}
+
+fn local_addr(key: &'static str, listener: &TcpListener) -> Result<SocketAddr, StartupError> {
+    listener.local_addr().map_err(|source| StartupError::Bind {
+        key,
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGTERM; only SIGINT stops the gateway");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,155 @@
+//! Logging set-up, request ids, and the per-request span and log line.
+
+use std::time::Instant;
+
+use actix_web::HttpMessage;
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use tracing::Subscriber;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+
+use crate::config::{LogFormat, LogSettings};
+
+/// Header carrying the request id, in and out.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A subscriber writing to `writer` in the configured format and level;
+/// `ansi` colours the pretty format for a terminal.
+pub fn subscriber<W>(
+    settings: &LogSettings,
+    writer: W,
+    ansi: bool,
+) -> Box<dyn Subscriber + Send + Sync>
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    let filter = EnvFilter::builder().parse_lossy(settings.level.as_str());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(writer);
+    match settings.format {
+        LogFormat::Json => Box::new(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false)
+                .finish(),
+        ),
+        LogFormat::Pretty => Box::new(builder.with_target(false).finish()),
+    }
+}
+
+/// Installs the process-wide subscriber writing to stdout.
+pub fn init(settings: &LogSettings) {
+    // A second init (tests, embedding) keeps the first subscriber.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let _ = tracing::subscriber::set_global_default(subscriber(settings, std::io::stdout, ansi));
+}
+
+/// The id that ties a response to its log lines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestId(String);
+
+impl RequestId {
+    /// The caller's id when it is well-formed, else a fresh one.
+    pub fn from_header(value: Option<&HeaderValue>) -> Self {
+        value
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| Self::is_acceptable(v))
+            .map(|v| Self(v.to_owned()))
+            .unwrap_or_else(Self::generate)
+    }
+
+    /// A new random id.
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// The id text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn is_acceptable(value: &str) -> bool {
+        (1..=128).contains(&value.len())
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    }
+}
+
+/// Middleware: request id in and out, one span and one log line per request.
+pub async fn request_context(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let started = Instant::now();
+    let request_id = RequestId::from_header(req.headers().get(X_REQUEST_ID));
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let span = tracing::info_span!(
+        "request",
+        request_id = request_id.as_str(),
+        method = %req.method(),
+        route = %route,
+        label_kind = tracing::field::Empty,
+    );
+    req.extensions_mut().insert(request_id.clone());
+
+    // Handlers and extractors turn their errors into responses; only a failing
+    // middleware below this one could return `Err`, and none does.
+    let mut response = tracing::Instrument::instrument(next.call(req), span.clone())
+        .await?
+        .map_into_boxed_body();
+    if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
+        response.headers_mut().insert(X_REQUEST_ID, value);
+    }
+
+    let status = response.status().as_u16();
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    span.in_scope(|| {
+        if response.status().is_server_error() {
+            tracing::warn!(status, latency_ms, "request finished");
+        } else {
+            tracing::info!(status, latency_ms, "request finished");
+        }
+    });
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(value: &str) -> RequestId {
+        RequestId::from_header(Some(&HeaderValue::from_str(value).unwrap()))
+    }
+
+    #[test]
+    fn well_formed_ids_are_kept() {
+        for value in ["a", "req-1_2.3:4", &"x".repeat(128)] {
+            assert_eq!(id(value).as_str(), value);
+        }
+    }
+
+    #[test]
+    fn bad_ids_are_replaced() {
+        for value in ["", "has space", "semi;colon", &"x".repeat(129), "ünï"] {
+            let replaced =
+                RequestId::from_header(HeaderValue::from_bytes(value.as_bytes()).ok().as_ref());
+            assert_ne!(replaced.as_str(), value);
+            assert_eq!(replaced.as_str().len(), 36);
+        }
+    }
+
+    #[test]
+    fn missing_id_is_generated() {
+        assert_ne!(RequestId::from_header(None), RequestId::from_header(None));
+    }
+}

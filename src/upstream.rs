@@ -1,0 +1,232 @@
+//! The MPC client: one awc client per worker, timeouts, and the
+//! classification of every answer (or its absence).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::http::header;
+use awc::error::{ConnectError, SendRequestError};
+use serde::{Deserialize, Serialize};
+
+use crate::config::UpstreamSettings;
+use crate::label::Label;
+
+/// Largest MPC body kept; the real answers are a few hundred bytes.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// The MPC's status and JSON body, as shown to callers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MpcAnswer {
+    /// HTTP status the MPC sent.
+    pub status: u16,
+    /// The MPC's JSON body; `None` when empty or not JSON.
+    pub body: Option<serde_json::Value>,
+}
+
+/// A definite answer from the MPC about the label.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reply {
+    /// 2xx: the MPC accepted the request and emails the code.
+    Accepted(MpcAnswer),
+    /// 4xx: the MPC refused the label; nothing was sent.
+    Rejected(MpcAnswer),
+}
+
+/// Why the MPC gave no definite answer.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum UpstreamFailure {
+    /// 5xx: the MPC failed; nothing was sent.
+    #[error("the MPC answered {}", .0.status)]
+    ServerError(MpcAnswer),
+    /// A status that is neither success nor a client or server error.
+    #[error("the MPC answered with unexpected status {}", .0.status)]
+    UnexpectedStatus(MpcAnswer),
+    /// No answer within `upstream.timeout`; the MPC may have acted.
+    #[error("the MPC did not answer within {0:?}")]
+    Timeout(Duration),
+    /// No connection could be made; nothing was sent.
+    #[error("could not connect to the MPC: {0}")]
+    NotConnected(String),
+    /// The connection failed after the request may have been sent.
+    #[error("the connection to the MPC failed mid-request: {0}")]
+    ConnectionLost(String),
+}
+
+impl UpstreamFailure {
+    /// Whether the MPC may have sent an email despite the failure.
+    pub fn may_have_sent(&self) -> bool {
+        matches!(self, Self::Timeout(_) | Self::ConnectionLost(_))
+    }
+}
+
+/// TLS settings shared by every worker's client: webpki roots, ring crypto.
+pub fn tls_config() -> Arc<rustls::ClientConfig> {
+    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// Calls the MPC's retrieve endpoint. Not `Send`: build one per worker.
+pub struct MpcClient {
+    http: awc::Client,
+    url: String,
+    timeout: Duration,
+}
+
+#[derive(Serialize)]
+struct RetrieveBody<'a> {
+    label: &'a str,
+}
+
+impl MpcClient {
+    /// Builds a client from settings and the shared TLS configuration.
+    pub fn new(settings: &UpstreamSettings, tls: Arc<rustls::ClientConfig>) -> Self {
+        let connector = awc::Connector::new()
+            .timeout(settings.connect_timeout)
+            .handshake_timeout(settings.connect_timeout)
+            .rustls_0_23(tls);
+        // awc's own deadline sits past ours so that ours decides the classification.
+        let http = awc::Client::builder()
+            .connector(connector)
+            .timeout(settings.timeout + Duration::from_secs(1))
+            .disable_redirects()
+            .no_default_headers()
+            .add_default_header((header::USER_AGENT, settings.user_agent()))
+            .finish();
+        Self {
+            http,
+            url: settings.retrieve_url().to_string(),
+            timeout: settings.timeout,
+        }
+    }
+
+    /// Asks the MPC to email the action code for `label`.
+    pub async fn retrieve(&self, label: &Label) -> Result<Reply, UpstreamFailure> {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::from_std(started + self.timeout);
+        let request = self
+            .http
+            .post(&self.url)
+            .insert_header((header::ACCEPT, "application/json"))
+            .send_json(&RetrieveBody {
+                label: label.as_str(),
+            });
+        let result = match tokio::time::timeout_at(deadline, request).await {
+            Err(_) => Err(UpstreamFailure::Timeout(self.timeout)),
+            Ok(Err(error)) => Err(classify_send_error(error, self.timeout)),
+            Ok(Ok(mut response)) => {
+                let status = response.status().as_u16();
+                let body = match tokio::time::timeout_at(
+                    deadline,
+                    response.body().limit(MAX_ANSWER_BYTES),
+                )
+                .await
+                {
+                    Ok(Ok(bytes)) => serde_json::from_slice(&bytes).ok(),
+                    Ok(Err(error)) => {
+                        tracing::warn!(status, %error, "unreadable MPC answer body");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::warn!(status, "MPC answer body not complete in time");
+                        None
+                    }
+                };
+                classify_status(MpcAnswer { status, body })
+            }
+        };
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            result = %describe(&result),
+            "MPC call finished"
+        );
+        result
+    }
+}
+
+/// Sorts an answer by its status: any 2xx is acceptance, whatever the body.
+pub fn classify_status(answer: MpcAnswer) -> Result<Reply, UpstreamFailure> {
+    match answer.status {
+        200..=299 => Ok(Reply::Accepted(answer)),
+        400..=499 => Ok(Reply::Rejected(answer)),
+        500..=599 => Err(UpstreamFailure::ServerError(answer)),
+        _ => Err(UpstreamFailure::UnexpectedStatus(answer)),
+    }
+}
+
+fn classify_send_error(error: SendRequestError, timeout: Duration) -> UpstreamFailure {
+    match error {
+        SendRequestError::Connect(ConnectError::Timeout) => {
+            UpstreamFailure::NotConnected("connection timed out".to_owned())
+        }
+        SendRequestError::Connect(error) => UpstreamFailure::NotConnected(error.to_string()),
+        SendRequestError::Url(error) => UpstreamFailure::NotConnected(error.to_string()),
+        SendRequestError::Timeout => UpstreamFailure::Timeout(timeout),
+        other => UpstreamFailure::ConnectionLost(other.to_string()),
+    }
+}
+
+fn describe(result: &Result<Reply, UpstreamFailure>) -> String {
+    match result {
+        Ok(Reply::Accepted(answer)) => format!("accepted ({})", answer.status),
+        Ok(Reply::Rejected(answer)) => format!("rejected ({})", answer.status),
+        Err(failure) => failure.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16) -> MpcAnswer {
+        MpcAnswer { status, body: None }
+    }
+
+    #[test]
+    fn any_2xx_is_acceptance() {
+        for status in [200, 201, 202, 204, 299] {
+            assert!(matches!(
+                classify_status(answer(status)),
+                Ok(Reply::Accepted(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn client_errors_are_rejections_and_server_errors_failures() {
+        assert!(matches!(
+            classify_status(answer(404)),
+            Ok(Reply::Rejected(_))
+        ));
+        assert!(matches!(
+            classify_status(answer(400)),
+            Ok(Reply::Rejected(_))
+        ));
+        assert!(matches!(
+            classify_status(answer(503)),
+            Err(UpstreamFailure::ServerError(_))
+        ));
+        assert!(matches!(
+            classify_status(answer(302)),
+            Err(UpstreamFailure::UnexpectedStatus(_))
+        ));
+    }
+
+    #[test]
+    fn only_timeouts_and_lost_connections_may_have_sent() {
+        assert!(UpstreamFailure::Timeout(Duration::from_secs(1)).may_have_sent());
+        assert!(UpstreamFailure::ConnectionLost("reset".into()).may_have_sent());
+        assert!(!UpstreamFailure::NotConnected("refused".into()).may_have_sent());
+        assert!(!UpstreamFailure::ServerError(answer(500)).may_have_sent());
+    }
+
+    #[test]
+    fn tls_config_builds_with_ring() {
+        assert!(tls_config().crypto_provider().cipher_suites.len() > 1);
+    }
+}

@@ -1,0 +1,246 @@
+//! The binary's subcommands, run as a script would run them.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use crate::helpers::spawn_app;
+
+fn gateway() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mpc-action-gateway"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("MPC_GATEWAY__") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+fn run_with_stdin(mut command: Command, stdin: &str) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8(output.stderr.clone()).unwrap()
+}
+
+#[test]
+fn validate_prints_kinds_and_exits_0_when_all_are_valid() {
+    let output = gateway()
+        .args([
+            "validate",
+            "A10cnQO",
+            " 00000DwbEz ",
+            "2024-05-02T21:03:35.001_0000FzZw_01",
+        ])
+        .output()
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        stdout(&output),
+        "A10cnQO\ttrksub\n00000DwbEz\ttrkid\n2024-05-02T21:03:35.001_0000FzZw_01\tsubmission_block_id\n"
+    );
+}
+
+#[test]
+fn validate_exits_1_and_explains_when_any_is_invalid() {
+    let output = gateway()
+        .args(["validate", "A10cnQO", "2023-02-29T00:00:00.000_0000FzZw"])
+        .output()
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(1));
+    let text = stdout(&output);
+    assert!(text.starts_with("A10cnQO\ttrksub\n"), "{text}");
+    assert!(
+        text.contains("2023-02-29T00:00:00.000_0000FzZw\tinvalid: day 29"),
+        "{text}"
+    );
+}
+
+#[test]
+fn hash_key_prints_the_sha256_of_stdin_without_its_newline() {
+    let output = run_with_stdin(
+        {
+            let mut c = gateway();
+            c.arg("hash-key");
+            c
+        },
+        "abc\n",
+    );
+
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        stdout(&output),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\n"
+    );
+}
+
+#[test]
+fn hash_key_refuses_an_empty_key() {
+    let output = run_with_stdin(
+        {
+            let mut c = gateway();
+            c.arg("hash-key");
+            c
+        },
+        "\n",
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("no key"));
+}
+
+#[test]
+fn gen_key_prints_a_key_and_matching_config_lines() {
+    let output = gateway()
+        .args(["gen-key", "--user", "alice", "--tier", "ops"])
+        .output()
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(0));
+    let text = stdout(&output);
+    let key = text.lines().next().unwrap();
+    assert!(key.starts_with("mpcgw_") && key.len() > 40, "{key}");
+    let config: toml::Table = text
+        .lines()
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join("\n")
+        .parse()
+        .unwrap();
+    let entry = &config["auth"]["keys"][0];
+    assert_eq!(entry["user"].as_str(), Some("alice"));
+    assert_eq!(entry["tier"].as_str(), Some("ops"));
+    assert_eq!(
+        entry["sha256"].as_str(),
+        Some(mpc_action_gateway::identity::key_digest(key).as_str())
+    );
+}
+
+#[test]
+fn check_config_prints_the_effective_config_as_toml() {
+    let output = gateway()
+        .arg("check-config")
+        .env("MPC_GATEWAY__UPSTREAM__TIMEOUT", "1m 30s")
+        .output()
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let config: toml::Table = stdout(&output).parse().unwrap();
+    assert_eq!(config["upstream"]["timeout"].as_str(), Some("1m 30s"));
+    assert_eq!(config["server"]["listen"].as_str(), Some("127.0.0.1:8080"));
+}
+
+#[test]
+fn check_config_exits_1_naming_a_bad_key() {
+    let output = gateway()
+        .arg("check-config")
+        .env("MPC_GATEWAY__SERVER__MAX_BODY_BYTES", "lots")
+        .output()
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("server.max_body_bytes"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn check_config_exits_1_naming_an_unknown_key_in_a_file() {
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    writeln!(file, "[upstream]\nbase_ulr = \"http://127.0.0.1:1\"").unwrap();
+
+    let output = gateway()
+        .arg("--config")
+        .arg(file.path())
+        .arg("check-config")
+        .output()
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("base_ulr"), "{}", stderr(&output));
+}
+
+#[test]
+fn serve_refuses_to_start_on_a_bad_config() {
+    let output = gateway()
+        .env("MPC_GATEWAY__UPSTREAM__TIMEOUT", "soon")
+        .output()
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("upstream.timeout"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[tokio::test]
+async fn healthcheck_exits_0_for_a_live_gateway_and_1_otherwise() {
+    let app = spawn_app().await;
+    let url = format!("{}/healthz", app.admin_address);
+    let live = tokio::task::spawn_blocking(move || {
+        gateway()
+            .args(["healthcheck", "--url", &url])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(live.status.code(), Some(0), "{}", stderr(&live));
+
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let dead = tokio::task::spawn_blocking(move || {
+        gateway()
+            .args([
+                "healthcheck",
+                "--url",
+                &format!("http://127.0.0.1:{closed_port}/healthz"),
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(dead.status.code(), Some(1));
+
+    let admin_listen = app.admin_address.trim_start_matches("http://").to_owned();
+    let from_config = tokio::task::spawn_blocking(move || {
+        gateway()
+            .arg("healthcheck")
+            .env("MPC_GATEWAY__ADMIN__LISTEN", admin_listen)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        from_config.status.code(),
+        Some(0),
+        "{}",
+        stderr(&from_config)
+    );
+}

@@ -1,0 +1,170 @@
+//! `spawn_app()`: a running gateway in front of a mock MPC, and a client for it.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use mpc_action_gateway::config::Settings;
+use mpc_action_gateway::startup::{Application, Stopper};
+use mpc_action_gateway::telemetry;
+use serde_json::{Value, json};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// The MPC path the gateway forwards to.
+pub const MPC_PATH: &str = "/api/action-codes/retrieve";
+
+/// A gateway under test, its mock MPC and an HTTP client.
+pub struct TestApp {
+    pub address: String,
+    pub admin_address: String,
+    pub mpc: MockServer,
+    pub client: reqwest::Client,
+    stopper: Stopper,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let stopper = self.stopper.clone();
+        // Stop quietly in the background; the runtime may already be ending.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move { stopper.stop().await });
+        }
+    }
+}
+
+/// Settings for tests: embedded defaults, no environment, ephemeral ports.
+pub fn test_settings(mpc_uri: &str) -> Settings {
+    let mut settings = Settings::load_from(None, Some(HashMap::new())).expect("defaults load");
+    settings.server.listen = "127.0.0.1:0".parse().unwrap();
+    settings.admin.listen = "127.0.0.1:0".parse().unwrap();
+    settings.server.workers = 2;
+    settings.upstream.base_url = mpc_uri.parse().unwrap();
+    settings.upstream.connect_timeout = Duration::from_secs(1);
+    settings.upstream.timeout = Duration::from_secs(2);
+    settings
+}
+
+fn init_test_logging() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        // TEST_LOG=1 shows the gateway's logs while debugging a test.
+        if std::env::var_os("TEST_LOG").is_some() {
+            let settings = test_settings("http://127.0.0.1:1");
+            telemetry::init(&settings.log);
+        }
+    });
+}
+
+/// A gateway with default test settings.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// A gateway whose settings `customise` adjusts (the MPC URI is already set).
+pub async fn spawn_app_with(customise: impl FnOnce(&mut Settings)) -> TestApp {
+    init_test_logging();
+    let mpc = MockServer::start().await;
+    let mut settings = test_settings(&mpc.uri());
+    customise(&mut settings);
+    let application = Application::build(settings).expect("gateway starts");
+    let address = format!("http://{}", application.public_addr());
+    let admin_address = format!("http://{}", application.admin_addr());
+    let stopper = application.stopper();
+    tokio::spawn(application.run_until_stopped());
+    TestApp {
+        address,
+        admin_address,
+        mpc,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap(),
+        stopper,
+    }
+}
+
+/// The MPC answering `status` with `body` to every retrieve call, expecting `calls` of them.
+pub async fn mpc_answers(app: &TestApp, status: u16, body: Value, calls: u64) {
+    Mock::given(method("POST"))
+        .and(path(MPC_PATH))
+        .respond_with(ResponseTemplate::new(status).set_body_json(body))
+        .expect(calls)
+        .mount(&app.mpc)
+        .await;
+}
+
+/// The MPC must not be called at all.
+pub async fn mpc_never_called(app: &TestApp) {
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
+        .expect(0)
+        .named("no call may reach the MPC")
+        .mount(&app.mpc)
+        .await;
+}
+
+impl TestApp {
+    /// POSTs `{"label": label}` as JSON to the retrieve endpoint.
+    pub async fn retrieve(&self, label: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}/api/action-codes/retrieve", self.address))
+            .json(&json!({ "label": label }))
+            .send()
+            .await
+            .expect("request reaches the gateway")
+    }
+
+    /// POSTs a raw body with the given Content-Type to the retrieve endpoint.
+    pub async fn retrieve_raw(
+        &self,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(format!("{}/api/action-codes/retrieve", self.address))
+            .body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        request.send().await.expect("request reaches the gateway")
+    }
+
+    /// GETs the label status endpoint.
+    pub async fn label_status(&self, label: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}/api/action-codes/labels/{label}", self.address))
+            .send()
+            .await
+            .expect("request reaches the gateway")
+    }
+
+    /// GETs a path on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.admin_address))
+            .send()
+            .await
+            .expect("request reaches the admin listener")
+    }
+}
+
+/// Asserts a problem+json response of `status` and `type`, returning its body.
+pub async fn assert_problem(response: reqwest::Response, status: u16, type_uri: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status, "status");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json",
+        "content type"
+    );
+    assert!(response.headers().contains_key("x-request-id"));
+    let body: Value = response.json().await.expect("problem body is JSON");
+    assert_eq!(body["type"], type_uri, "{body}");
+    assert_eq!(body["status"], status, "{body}");
+    assert!(
+        body["title"].is_string() && body["detail"].is_string(),
+        "{body}"
+    );
+    body
+}

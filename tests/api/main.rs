@@ -1,0 +1,8 @@
+//! HTTP-level tests: the real server on port 0 in front of a wiremock MPC.
+
+mod cli;
+mod health;
+mod helpers;
+mod labels;
+mod retrieve;
+mod robustness;
