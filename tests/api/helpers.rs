@@ -1,10 +1,11 @@
 //! `spawn_app()`: a running gateway in front of a mock MPC, and a client for it.
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use mpc_action_gateway::config::Settings;
+use mpc_action_gateway::config::{LogFormat, Settings};
 use mpc_action_gateway::startup::{Application, Stopper};
 use mpc_action_gateway::telemetry;
 use serde_json::{Value, json};
@@ -45,15 +46,55 @@ pub fn test_settings(mpc_uri: &str) -> Settings {
     settings
 }
 
-fn init_test_logging() {
-    static ONCE: OnceLock<()> = OnceLock::new();
-    ONCE.get_or_init(|| {
-        // TEST_LOG=1 shows the gateway's logs while debugging a test.
+/// Every JSON log line the gateways in this test process wrote.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // TEST_LOG=1 also shows the gateway's logs while debugging a test.
         if std::env::var_os("TEST_LOG").is_some() {
-            let settings = test_settings("http://127.0.0.1:1");
-            telemetry::init(&settings.log);
+            std::io::stderr().write_all(buf)?;
         }
-    });
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn log_buffer() -> &'static LogBuffer {
+    static LOGS: OnceLock<LogBuffer> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = LogBuffer::default();
+        let mut settings = test_settings("http://127.0.0.1:1").log;
+        settings.format = LogFormat::Json;
+        let writer = logs.clone();
+        let subscriber = telemetry::subscriber(&settings, move || writer.clone(), false);
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+        logs
+    })
+}
+
+/// The JSON log lines written so far, as text (tests run in parallel: filter
+/// by your own request id).
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&log_buffer().0.lock().unwrap()).into_owned()
+}
+
+/// The captured log lines whose request span carries `request_id`.
+pub fn logs_for_request(request_id: &str) -> Vec<Value> {
+    captured_logs()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["span"]["request_id"] == request_id)
+        .collect()
+}
+
+fn init_test_logging() {
+    log_buffer();
 }
 
 /// A gateway with default test settings.

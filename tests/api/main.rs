@@ -4,5 +4,6 @@ mod cli;
 mod health;
 mod helpers;
 mod labels;
+mod logging;
 mod retrieve;
 mod robustness;
