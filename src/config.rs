@@ -1,16 +1,18 @@
 //! Typed settings: the embedded defaults, an optional file, then environment
 //! variables, parsed and checked once at start-up.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::net::SocketAddr;
-use std::num::NonZeroUsize;
+use std::net::{IpAddr, SocketAddr};
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use actix_web::http::header::HeaderName;
 use config::{Config, Environment, File, FileFormat};
-use serde::{Deserialize, Serialize};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize, Serializer};
 use url::Url;
 
 /// The defaults, compiled in so the binary runs from any directory.
@@ -29,6 +31,10 @@ pub struct Settings {
     pub admin: AdminSettings,
     /// How the MPC is reached.
     pub upstream: UpstreamSettings,
+    /// Who may ask.
+    pub auth: AuthSettings,
+    /// How much each user may ask.
+    pub quota: QuotaSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -69,6 +75,8 @@ pub struct UpstreamSettings {
     pub timeout: Duration,
     /// User-Agent template; `{version}` is replaced by the crate version.
     pub user_agent: String,
+    /// Gateway-wide MPC calls per minute (GCRA, burst of the same size).
+    pub max_per_minute: NonZeroU32,
 }
 
 impl UpstreamSettings {
@@ -85,6 +93,164 @@ impl UpstreamSettings {
         self.user_agent
             .replace("{version}", env!("CARGO_PKG_VERSION"))
     }
+}
+
+/// `[auth]`: how callers are identified.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Whether callers without credentials are served as `anonymous:<ip>`.
+    pub allow_anonymous: bool,
+    /// Header a trusted SSO proxy sets to the user's name; `""` for none.
+    pub trusted_user_header: OptionalHeader,
+    /// Peers whose user header is believed.
+    pub trusted_proxies: Vec<Network>,
+    /// Known API keys.
+    pub keys: Vec<KeyEntry>,
+}
+
+/// A header name, or none when configured as `""`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct OptionalHeader(Option<HeaderName>);
+
+impl OptionalHeader {
+    /// The header, when one is configured.
+    pub fn get(&self) -> Option<&HeaderName> {
+        self.0.as_ref()
+    }
+}
+
+impl TryFrom<String> for OptionalHeader {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        if value.trim().is_empty() {
+            return Ok(Self(None));
+        }
+        HeaderName::from_bytes(value.trim().as_bytes())
+            .map(|name| Self(Some(name)))
+            .map_err(|_| format!("{value:?} is not a valid header name"))
+    }
+}
+
+impl From<OptionalHeader> for String {
+    fn from(header: OptionalHeader) -> Self {
+        header.0.map(|name| name.to_string()).unwrap_or_default()
+    }
+}
+
+/// A CIDR block; a bare address means that address alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Network(IpNet);
+
+impl Network {
+    /// Whether `ip` lies inside the block.
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        self.0.contains(ip)
+    }
+}
+
+impl TryFrom<String> for Network {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        let text = value.trim();
+        text.parse::<IpNet>()
+            .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+            .map(Self)
+            .map_err(|_| {
+                format!("{value:?} is not a CIDR block (e.g. 10.0.0.0/8) or an IP address")
+            })
+    }
+}
+
+impl From<Network> for String {
+    fn from(network: Network) -> Self {
+        network.0.to_string()
+    }
+}
+
+/// One `[[auth.keys]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    /// The user the key identifies.
+    pub user: String,
+    /// SHA-256 of the key.
+    pub sha256: KeyDigest,
+    /// The user's quota tier.
+    #[serde(default = "default_tier")]
+    pub tier: String,
+}
+
+fn default_tier() -> String {
+    DEFAULT_TIER.to_owned()
+}
+
+/// The tier of users nobody assigned one.
+pub const DEFAULT_TIER: &str = "default";
+
+/// A SHA-256 digest of an API key; a secret, so never shown.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct KeyDigest([u8; 32]);
+
+impl KeyDigest {
+    /// The digest bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for KeyDigest {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        let mut bytes = [0_u8; 32];
+        // The value is a secret: say what is wrong with it, never what it is.
+        hex::decode_to_slice(value.trim(), &mut bytes)
+            .map(|()| Self(bytes))
+            .map_err(|_| "must be 64 hexadecimal digits (a SHA-256 digest)".to_owned())
+    }
+}
+
+impl fmt::Debug for KeyDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyDigest(<redacted>)")
+    }
+}
+
+impl Serialize for KeyDigest {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(REDACTED)
+    }
+}
+
+/// What secrets are shown as.
+pub const REDACTED: &str = "<redacted>";
+
+/// `[quota]`: tiers and who is in which.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaSettings {
+    /// Limits by tier name; `default` must exist.
+    pub tiers: BTreeMap<String, TierSettings>,
+    /// Tier of users identified by header or anonymously.
+    pub users: BTreeMap<String, String>,
+}
+
+/// `[quota.tiers.<name>]`: one tier's limits.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierSettings {
+    /// Every request, anti-flood (burst of the same size).
+    pub requests_per_minute: NonZeroU32,
+    /// Requests forwarded to the MPC per hour...
+    pub upstream_per_hour: NonZeroU32,
+    /// ...of which this many at once.
+    pub upstream_burst: NonZeroU32,
 }
 
 /// `[log]`: what is logged and how.
@@ -191,6 +357,9 @@ impl Settings {
         let environment = Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
             .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("auth.trusted_proxies")
             .source(env);
         let merged = builder.add_source(environment).build()?;
 
@@ -252,6 +421,46 @@ impl Settings {
                 "upstream.user_agent",
                 "must be a non-empty, printable ASCII header value",
             ));
+        }
+        self.check_auth()
+    }
+
+    fn check_auth(&self) -> Result<(), ConfigError> {
+        let tiers = &self.quota.tiers;
+        if !tiers.contains_key(DEFAULT_TIER) {
+            return Err(ConfigError::invalid(
+                "quota.tiers",
+                "a tier named \"default\" is required",
+            ));
+        }
+        let mut digests = HashSet::new();
+        for (index, key) in self.auth.keys.iter().enumerate() {
+            if key.user.trim().is_empty() || key.user.chars().any(char::is_control) {
+                return Err(ConfigError::invalid(
+                    &format!("auth.keys[{index}].user"),
+                    "must be a non-empty name without control characters",
+                ));
+            }
+            if !tiers.contains_key(&key.tier) {
+                return Err(ConfigError::invalid(
+                    &format!("auth.keys[{index}].tier"),
+                    format!("{:?} is not a tier in quota.tiers", key.tier),
+                ));
+            }
+            if !digests.insert(key.sha256) {
+                return Err(ConfigError::invalid(
+                    &format!("auth.keys[{index}].sha256"),
+                    "the same digest is configured twice",
+                ));
+            }
+        }
+        for (user, tier) in &self.quota.users {
+            if !tiers.contains_key(tier) {
+                return Err(ConfigError::invalid(
+                    &format!("quota.users.{user}"),
+                    format!("{tier:?} is not a tier in quota.tiers"),
+                ));
+            }
         }
         Ok(())
     }
@@ -456,6 +665,103 @@ mod tests {
         let f = file(&rendered);
         let again = Settings::load_from(Some(f.path()), env(&[])).unwrap();
         assert_eq!(again.to_toml(), rendered);
+    }
+
+    const DIGEST: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    #[test]
+    fn keys_tiers_and_proxies_load() {
+        let f = file(&format!(
+            "[[auth.keys]]\nuser = \"alice\"\nsha256 = \"{DIGEST}\"\ntier = \"ops\"\n\
+             [[auth.keys]]\nuser = \"bob\"\nsha256 = \"{}\"\n\
+             [quota.tiers.ops]\nrequests_per_minute = 5\nupstream_per_hour = 20\nupstream_burst = 4\n\
+             [quota.users]\nCarol = \"ops\"\n",
+            "0".repeat(64)
+        ));
+        let s = Settings::load_from(
+            Some(f.path()),
+            env(&[
+                (
+                    "MPC_GATEWAY__AUTH__TRUSTED_PROXIES",
+                    "10.0.0.0/8, 127.0.0.1,::1",
+                ),
+                ("MPC_GATEWAY__AUTH__TRUSTED_USER_HEADER", "X-Forwarded-User"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.auth.keys.len(), 2);
+        assert_eq!(s.auth.keys[0].tier, "ops");
+        assert_eq!(s.auth.keys[1].tier, "default");
+        assert_eq!(s.quota.tiers.len(), 2, "file tiers add to the default tier");
+        assert_eq!(s.quota.users["Carol"], "ops", "user names keep their case");
+        assert_eq!(s.auth.trusted_proxies.len(), 3);
+        assert!(s.auth.trusted_proxies[0].contains(&"10.1.2.3".parse().unwrap()));
+        assert!(s.auth.trusted_proxies[1].contains(&"127.0.0.1".parse().unwrap()));
+        assert!(!s.auth.trusted_proxies[1].contains(&"127.0.0.2".parse().unwrap()));
+        assert_eq!(
+            s.auth.trusted_user_header.get().map(|h| h.as_str()),
+            Some("x-forwarded-user")
+        );
+    }
+
+    #[test]
+    fn digests_never_appear_in_output_or_errors() {
+        let f = file(&format!(
+            "[[auth.keys]]\nuser = \"alice\"\nsha256 = \"{DIGEST}\"\n"
+        ));
+        let s = Settings::load_from(Some(f.path()), env(&[])).unwrap();
+        let rendered = s.to_toml();
+        assert!(!rendered.contains(DIGEST), "{rendered}");
+        assert!(rendered.contains(REDACTED));
+        assert!(!format!("{s:?}").contains(DIGEST));
+
+        let bad = format!("{}zz", &DIGEST[..62]);
+        let f = file(&format!(
+            "[[auth.keys]]\nuser = \"alice\"\nsha256 = \"{bad}\"\n"
+        ));
+        let message = Settings::load_from(Some(f.path()), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("auth.keys[0].sha256"), "{message}");
+        assert!(!message.contains(&bad), "{message}");
+    }
+
+    #[test]
+    fn auth_mistakes_name_their_keys() {
+        let cases = [
+            (
+                format!("[[auth.keys]]\nuser = \"a\"\nsha256 = \"{DIGEST}\"\ntier = \"gold\"\n"),
+                "auth.keys[0].tier",
+            ),
+            (
+                format!(
+                    "[[auth.keys]]\nuser = \"a\"\nsha256 = \"{DIGEST}\"\n\
+                     [[auth.keys]]\nuser = \"b\"\nsha256 = \"{DIGEST}\"\n"
+                ),
+                "auth.keys[1].sha256",
+            ),
+            (
+                format!("[[auth.keys]]\nuser = \"\"\nsha256 = \"{DIGEST}\"\n"),
+                "auth.keys[0].user",
+            ),
+            ("[quota.users]\nalice = \"gold\"\n".to_owned(), "quota.users.alice"),
+            ("[auth]\ntrusted_proxies = [\"10.0.0.0/33\"]\n".to_owned(), "auth.trusted_proxies[0]"),
+            ("[auth]\ntrusted_user_header = \"bad header\"\n".to_owned(), "auth.trusted_user_header"),
+            (
+                "[quota.tiers.ops]\nrequests_per_minute = 0\nupstream_per_hour = 1\nupstream_burst = 1\n"
+                    .to_owned(),
+                "quota.tiers.ops.requests_per_minute",
+            ),
+            (
+                "[quota.tiers.ops]\nrequests_per_minute = 1\nupstream_per_hour = 1\n".to_owned(),
+                "quota.tiers.ops",
+            ),
+        ];
+        for (contents, key) in cases {
+            let f = file(&contents);
+            let err = Settings::load_from(Some(f.path()), env(&[])).unwrap_err();
+            assert_eq!(invalid_key(err), key, "{contents}");
+        }
     }
 
     #[test]

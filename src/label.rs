@@ -503,7 +503,9 @@ fn two_digits(b: &[u8], at: usize) -> u8 {
 /// Days in a month of the proleptic Gregorian calendar; `month` is 1-12.
 fn days_in_month(year: u16, month: u8) -> u8 {
     match month {
-        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => {
+            29
+        }
         2 => 28,
         4 | 6 | 9 | 11 => 30,
         _ => 31,
@@ -1196,7 +1198,7 @@ mod tests {
     // --- properties ---
 
     fn is_leap(year: u16) -> bool {
-        year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
+        year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400))
     }
 
     fn timestamp() -> impl Strategy<Value = String> {

@@ -3,9 +3,11 @@
 
 pub mod cli;
 pub mod config;
+pub mod gate;
 pub mod identity;
 pub mod label;
 pub mod problem;
+pub mod quota;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;

@@ -6,7 +6,11 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::{Map, Value, json};
 
+use std::time::Duration;
+
+use crate::identity::AuthError;
 use crate::label::{ACCEPTED_FORMATS, LabelError};
+use crate::quota::{Refusal, whole_seconds};
 use crate::upstream::MpcAnswer;
 
 /// Media type of every error body.
@@ -34,6 +38,18 @@ pub enum Problem {
         label: String,
         /// The rule it broke.
         error: LabelError,
+    },
+    /// The caller could not be identified.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(AuthError),
+    /// A per-user limit refused the request.
+    #[error("quota exceeded: {}", .0.limit.as_str())]
+    QuotaExceeded(Refusal),
+    /// The gateway-wide MPC budget is spent.
+    #[error("gateway busy")]
+    GatewayBusy {
+        /// When the budget admits again.
+        retry_after: Duration,
     },
     /// The MPC answered 4xx.
     #[error("the MPC refused the label with status {}", .0.status)]
@@ -63,6 +79,9 @@ impl Problem {
             Self::PayloadTooLarge { .. } => "urn:mpc-gateway:payload-too-large",
             Self::UnsupportedMediaType(_) => "urn:mpc-gateway:unsupported-media-type",
             Self::InvalidLabel { .. } => "urn:mpc-gateway:invalid-label",
+            Self::Unauthenticated(_) => "urn:mpc-gateway:unauthenticated",
+            Self::QuotaExceeded(_) => "urn:mpc-gateway:quota-exceeded",
+            Self::GatewayBusy { .. } => "urn:mpc-gateway:gateway-busy",
             Self::UpstreamRejected(_) => "urn:mpc-gateway:upstream-rejected",
             Self::UpstreamError(_) => "urn:mpc-gateway:upstream-error",
             Self::UpstreamTimeout => "urn:mpc-gateway:upstream-timeout",
@@ -77,6 +96,9 @@ impl Problem {
             Self::PayloadTooLarge { .. } => "Payload too large",
             Self::UnsupportedMediaType(_) => "Unsupported media type",
             Self::InvalidLabel { .. } => "Invalid label",
+            Self::Unauthenticated(_) => "Unauthenticated",
+            Self::QuotaExceeded(_) => "Quota exceeded",
+            Self::GatewayBusy { .. } => "Gateway busy",
             Self::UpstreamRejected(_) => "The MPC rejected the request",
             Self::UpstreamError(_) => "The MPC could not be used",
             Self::UpstreamTimeout => "The MPC did not answer in time",
@@ -99,6 +121,19 @@ impl Problem {
             Self::InvalidLabel { error, .. } => {
                 format!("The label is not one the MPC accepts: {error}.")
             }
+            Self::Unauthenticated(error) => {
+                format!("The gateway does not know who is asking: {error}.")
+            }
+            Self::QuotaExceeded(refusal) => format!(
+                "Your {} limit is used up; try again in {} s.",
+                refusal.limit.as_str(),
+                whole_seconds(refusal.retry_after)
+            ),
+            Self::GatewayBusy { retry_after } => format!(
+                "The gateway's budget of calls to the MPC is spent for now; nothing was sent. \
+                 Try again in {} s.",
+                whole_seconds(*retry_after)
+            ),
             Self::UpstreamRejected(answer) => format!(
                 "The MPC answered {} for this label, so no action code was sent; \
                  check that the label belongs to a submission from this observatory.",
@@ -130,7 +165,23 @@ impl Problem {
             Self::PayloadTooLarge { limit } => {
                 body.insert("max_body_bytes".into(), json!(limit));
             }
+            Self::QuotaExceeded(refusal) => {
+                body.insert("limit".into(), json!(refusal.limit.as_str()));
+                body.insert(
+                    "retry_after_seconds".into(),
+                    json!(whole_seconds(refusal.retry_after)),
+                );
+            }
             _ => {}
+        }
+    }
+
+    /// How long the caller should wait before asking again, when that is known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::QuotaExceeded(refusal) => Some(refusal.retry_after),
+            Self::GatewayBusy { retry_after } => Some(*retry_after),
+            _ => None,
         }
     }
 
@@ -153,6 +204,9 @@ impl ResponseError for Problem {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::InvalidLabel { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::GatewayBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamRejected(answer) => StatusCode::from_u16(answer.status)
                 .ok()
                 .filter(StatusCode::is_client_error)
@@ -167,8 +221,20 @@ impl ResponseError for Problem {
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
         response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON)));
-        if let Self::MethodNotAllowed { allow } = self {
-            response.insert_header((header::ALLOW, HeaderValue::from_static(allow)));
+        match self {
+            Self::MethodNotAllowed { allow } => {
+                response.insert_header((header::ALLOW, HeaderValue::from_static(allow)));
+            }
+            Self::Unauthenticated(_) => {
+                response.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"mpc-action-gateway\""),
+                ));
+            }
+            _ => {}
+        }
+        if let Some(wait) = self.retry_after() {
+            response.insert_header((header::RETRY_AFTER, whole_seconds(wait)));
         }
         response.body(self.to_json().to_string())
     }

@@ -8,16 +8,28 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use crate::config::Settings;
+use crate::gate;
+use crate::identity::Authenticator;
+use crate::quota::{Clock, MonotonicClock, Quotas};
 use crate::routes;
 use crate::telemetry::request_context;
 use crate::upstream::{MpcClient, tls_config};
 
+/// How often idle users' limiter state is dropped.
+const QUOTA_HOUSEKEEPING: Duration = Duration::from_secs(60);
+
 /// State shared by every worker of the public listener.
-#[derive(Debug)]
 pub struct AppState {
     /// Cap on request bodies, from `server.max_body_bytes`.
     pub max_body_bytes: usize,
+    /// Resolves callers to users and tiers.
+    pub authenticator: Authenticator,
+    /// Per-user limits and the courtesy budget.
+    pub quotas: Quotas,
 }
 
 /// Whether the gateway is still taking work; flips once, at shutdown.
@@ -60,11 +72,27 @@ pub struct Application {
     public: Server,
     admin: Server,
     readiness: web::Data<Readiness>,
+    state: web::Data<AppState>,
 }
 
 impl Application {
     /// Binds both listeners (port 0 picks a free port) and builds the servers.
     pub fn build(settings: Settings) -> Result<Self, StartupError> {
+        Self::build_with_clock(settings, Arc::new(MonotonicClock::default()))
+    }
+
+    /// Like [`Application::build`], with the limiters on `clock`.
+    pub fn build_with_clock(
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartupError> {
+        if settings.auth.allow_anonymous && !settings.listens_on_loopback() {
+            tracing::warn!(
+                listen = %settings.server.listen,
+                "anonymous access is allowed on a non-loopback address: anyone who can \
+                 reach it can make the MPC send emails; set auth.allow_anonymous = false"
+            );
+        }
         let public_listener = bind("server.listen", settings.server.listen)?;
         let admin_listener = bind("admin.listen", settings.admin.listen)?;
         let public_addr = local_addr("server.listen", &public_listener)?;
@@ -73,13 +101,17 @@ impl Application {
         let readiness = web::Data::new(Readiness::default());
         let state = web::Data::new(AppState {
             max_body_bytes: settings.server.max_body_bytes.get(),
+            authenticator: Authenticator::new(&settings.auth, &settings.quota),
+            quotas: Quotas::new(clock, settings.upstream.max_per_minute),
         });
+        let housekeeping_state = state.clone();
         let upstream = settings.upstream.clone();
         let tls = tls_config();
         let mut public = HttpServer::new(move || {
             // awc clients are not Send: one per worker thread.
             let mpc = web::Data::new(MpcClient::new(&upstream, tls.clone()));
             App::new()
+                .wrap(from_fn(gate::admit))
                 .wrap(from_fn(request_context))
                 .app_data(state.clone())
                 .app_data(mpc)
@@ -123,6 +155,7 @@ impl Application {
             public,
             admin,
             readiness,
+            state: housekeeping_state,
         })
     }
 
@@ -152,7 +185,17 @@ impl Application {
             shutdown_signal().await;
             stopper.stop().await;
         });
+        let state = self.state.clone();
+        let housekeeping = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(QUOTA_HOUSEKEEPING);
+            loop {
+                ticks.tick().await;
+                let tracked = state.quotas.retain_recent();
+                tracing::debug!(tracked_users = tracked, "dropped idle users' limiter state");
+            }
+        });
         let (public, admin) = tokio::join!(self.public, self.admin);
+        housekeeping.abort();
         public.and(admin)
     }
 }

@@ -98,6 +98,7 @@ pub async fn request_context(
         request_id = request_id.as_str(),
         method = %req.method(),
         route = %route,
+        user = tracing::field::Empty,
         label_kind = tracing::field::Empty,
     );
     req.extensions_mut().insert(request_id.clone());

@@ -3,6 +3,7 @@
 use actix_web::{HttpResponse, web};
 use serde::Serialize;
 
+use crate::identity::Identity;
 use crate::label::{Label, LabelKind};
 use crate::problem::Problem;
 
@@ -16,7 +17,7 @@ struct LabelStatus<'a> {
 }
 
 /// Validates the label and reports what the gateway remembers of it.
-pub async fn status(path: web::Path<String>) -> Result<HttpResponse, Problem> {
+pub async fn status(_identity: Identity, path: web::Path<String>) -> Result<HttpResponse, Problem> {
     let raw = path.into_inner();
     let label = Label::parse(&raw).map_err(|error| Problem::InvalidLabel { label: raw, error })?;
     tracing::Span::current().record("label_kind", label.kind().as_str());

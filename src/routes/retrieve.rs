@@ -6,6 +6,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
+use crate::identity::Identity;
 use crate::label::{Label, LabelKind};
 use crate::problem::Problem;
 use crate::startup::AppState;
@@ -35,6 +36,7 @@ struct Retrieved<'a> {
 
 /// Checks the body, then asks the MPC to email the label's action code.
 pub async fn retrieve(
+    identity: Identity,
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
@@ -49,6 +51,7 @@ pub async fn retrieve(
     })?;
     tracing::Span::current().record("label_kind", label.kind().as_str());
 
+    charge_upstream(&state, &identity)?;
     let requested_at = SystemTime::now();
     match mpc.retrieve(&label).await {
         Ok(Reply::Accepted(answer)) => {
@@ -75,6 +78,20 @@ pub async fn retrieve(
         Err(UpstreamFailure::Timeout(_)) => Err(Problem::UpstreamTimeout),
         Err(failure) => Err(Problem::UpstreamError(capitalise(&failure.to_string()))),
     }
+}
+
+/// Charges the user's upstream quota, then the courtesy budget; a refusal
+/// by the budget gives the user's unit back, since nothing is sent.
+fn charge_upstream(state: &AppState, identity: &Identity) -> Result<(), Problem> {
+    let quotas = &state.quotas;
+    quotas
+        .admit_upstream(identity.user(), identity.tier())
+        .map_err(Problem::QuotaExceeded)?;
+    quotas.admit_budget().map_err(|retry_after| {
+        quotas.refund_upstream(identity.user(), identity.tier());
+        tracing::warn!("courtesy budget towards the MPC is spent");
+        Problem::GatewayBusy { retry_after }
+    })
 }
 
 /// Refuses bodies not declared as UTF-8 JSON (415) before reading them.

@@ -5,7 +5,8 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use mpc_action_gateway::config::{LogFormat, Settings};
+use mpc_action_gateway::config::{KeyDigest, KeyEntry, LogFormat, Settings, TierSettings};
+use mpc_action_gateway::identity::key_digest;
 use mpc_action_gateway::startup::{Application, Stopper};
 use mpc_action_gateway::telemetry;
 use serde_json::{Value, json};
@@ -93,6 +94,27 @@ pub fn logs_for_request(request_id: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Admits `key` as `user` in `tier`.
+pub fn add_key(settings: &mut Settings, user: &str, key: &str, tier: &str) {
+    settings.auth.keys.push(KeyEntry {
+        user: user.to_owned(),
+        sha256: KeyDigest::try_from(key_digest(key)).unwrap(),
+        tier: tier.to_owned(),
+    });
+}
+
+/// Adds a tier with the given limits.
+pub fn add_tier(settings: &mut Settings, name: &str, per_minute: u32, per_hour: u32, burst: u32) {
+    settings.quota.tiers.insert(
+        name.to_owned(),
+        TierSettings {
+            requests_per_minute: per_minute.try_into().unwrap(),
+            upstream_per_hour: per_hour.try_into().unwrap(),
+            upstream_burst: burst.try_into().unwrap(),
+        },
+    );
+}
+
 fn init_test_logging() {
     log_buffer();
 }
@@ -154,6 +176,18 @@ impl TestApp {
             .send()
             .await
             .expect("request reaches the gateway")
+    }
+
+    /// POSTs `{"label": label}` with extra request headers.
+    pub async fn retrieve_with(&self, label: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(format!("{}/api/action-codes/retrieve", self.address))
+            .json(&json!({ "label": label }));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("request reaches the gateway")
     }
 
     /// POSTs a raw body with the given Content-Type to the retrieve endpoint.

@@ -3,7 +3,9 @@
 mod cli;
 mod health;
 mod helpers;
+mod identity;
 mod labels;
 mod logging;
+mod quota;
 mod retrieve;
 mod robustness;

@@ -7,7 +7,7 @@ use wiremock::matchers::{body_json, header, method, path};
 use wiremock::{Mock, ResponseTemplate};
 
 use crate::helpers::{
-    MPC_PATH, assert_problem, mpc_answers, mpc_never_called, spawn_app, spawn_app_with,
+    MPC_PATH, add_key, assert_problem, mpc_answers, mpc_never_called, spawn_app, spawn_app_with,
 };
 
 const SUBMISSION_ID: &str = "2024-05-02T21:03:35.001_0000FzZw";
@@ -166,7 +166,8 @@ async fn slow_mpc_is_504_within_the_timeout() {
 
 #[tokio::test]
 async fn only_the_label_and_content_headers_reach_the_mpc() {
-    let app = spawn_app().await;
+    let app =
+        spawn_app_with(|settings| add_key(settings, "alice", "caller-secret", "default")).await;
     mpc_answers(&app, 200, json!({}), 1).await;
 
     let response = app

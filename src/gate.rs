@@ -1,0 +1,93 @@
+//! The admission steps every public request passes before its handler:
+//! identity (401), then the user's anti-flood limit (429); on the way out,
+//! the RateLimit fields for the user's upstream quota.
+
+use std::future::{Ready, ready};
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{FromRequest, HttpMessage, HttpRequest, ResponseError, web};
+
+use crate::identity::{AuthError, Identity};
+use crate::problem::Problem;
+use crate::quota::{Decision, Tier, whole_seconds};
+use crate::startup::AppState;
+
+/// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers).
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Middleware: identifies the caller and charges the anti-flood limit.
+pub async fn admit(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
+        return Err(actix_web::error::ErrorInternalServerError(
+            "gateway state missing",
+        ));
+    };
+    let peer = req.peer_addr().map(|addr| addr.ip());
+    let identity = match state.authenticator.identify(req.headers(), peer) {
+        Ok(identity) => identity,
+        Err(error) => return Ok(refuse(req, Problem::Unauthenticated(error))),
+    };
+    tracing::Span::current().record("user", identity.user());
+
+    let admitted = state.quotas.admit_request(identity.user(), identity.tier());
+    req.extensions_mut().insert(identity.clone());
+    let mut response = match admitted {
+        Ok(()) => next.call(req).await?.map_into_boxed_body(),
+        Err(refusal) => refuse(req, Problem::QuotaExceeded(refusal)),
+    };
+
+    let status = state
+        .quotas
+        .upstream_status(identity.user(), identity.tier());
+    let headers = response.headers_mut();
+    let (policy, remaining) = ratelimit_fields(identity.tier(), &status);
+    headers.insert(RATELIMIT_POLICY, policy);
+    headers.insert(RATELIMIT, remaining);
+    Ok(response)
+}
+
+fn refuse(req: ServiceRequest, problem: Problem) -> ServiceResponse<BoxBody> {
+    req.into_response(problem.error_response())
+}
+
+/// The two RateLimit fields, in structured-field form, for the upstream quota.
+pub fn ratelimit_fields(tier: &Tier, status: &Decision) -> (HeaderValue, HeaderValue) {
+    let limit = &tier.upstream;
+    let policy = format!(
+        "\"upstream\";q={};w={}",
+        limit.count(),
+        limit.period().as_secs()
+    );
+    let reset = if status.reset_after.is_zero() {
+        0
+    } else {
+        whole_seconds(status.reset_after)
+    };
+    let remaining = format!("\"upstream\";r={};t={reset}", status.remaining);
+    (
+        HeaderValue::from_str(&policy).expect("digits and quotes are a valid header"),
+        HeaderValue::from_str(&remaining).expect("digits and quotes are a valid header"),
+    )
+}
+
+impl FromRequest for Identity {
+    type Error = Problem;
+    type Future = Ready<Result<Self, Problem>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(
+            req.extensions()
+                .get::<Identity>()
+                .cloned()
+                .ok_or(Problem::Unauthenticated(AuthError::NoCredentials)),
+        )
+    }
+}
