@@ -208,11 +208,22 @@ impl TestApp {
 
     /// GETs the label status endpoint.
     pub async fn label_status(&self, label: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}/api/action-codes/labels/{label}", self.address))
-            .send()
-            .await
-            .expect("request reaches the gateway")
+        self.label_status_with(label, &[]).await
+    }
+
+    /// GETs the label status endpoint with extra request headers.
+    pub async fn label_status_with(
+        &self,
+        label: &str,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .get(format!("{}/api/action-codes/labels/{label}", self.address));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("request reaches the gateway")
     }
 
     /// GETs a path on the admin listener.

@@ -87,14 +87,14 @@ async fn a_trusted_proxys_user_header_is_honoured() {
     mpc_answers(&app, 200, json!({}), 1).await;
 
     let response = app
-        .client
-        .post(format!("{}/api/action-codes/retrieve", app.address))
-        .header("x-forwarded-user", "carol@observatory.example")
-        .header("x-request-id", "identity-trusted-header")
-        .json(&json!({"label": "A10cnQO"}))
-        .send()
-        .await
-        .unwrap();
+        .retrieve_with(
+            "A10cnQO",
+            &[
+                ("x-forwarded-user", "carol@observatory.example"),
+                ("x-request-id", "identity-trusted-header"),
+            ],
+        )
+        .await;
 
     assert_eq!(response.status().as_u16(), 200);
     let logged_user = crate::helpers::logs_for_request("identity-trusted-header")
@@ -110,13 +110,8 @@ async fn anonymous_callers_are_served_when_allowed() {
     mpc_answers(&app, 200, json!({}), 1).await;
 
     let response = app
-        .client
-        .post(format!("{}/api/action-codes/retrieve", app.address))
-        .header("x-request-id", "identity-anonymous")
-        .json(&json!({"label": "A10cnQO"}))
-        .send()
-        .await
-        .unwrap();
+        .retrieve_with("A10cnQO", &[("x-request-id", "identity-anonymous")])
+        .await;
 
     assert_eq!(response.status().as_u16(), 200);
     let line = crate::helpers::logs_for_request("identity-anonymous")

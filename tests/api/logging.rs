@@ -10,13 +10,8 @@ async fn each_request_logs_one_line_with_its_context() {
     mpc_answers(&app, 200, json!({}), 1).await;
 
     let response = app
-        .client
-        .post(format!("{}/api/action-codes/retrieve", app.address))
-        .header("x-request-id", "log-test-sent")
-        .json(&json!({"label": "A10cnQO"}))
-        .send()
-        .await
-        .unwrap();
+        .retrieve_with("A10cnQO", &[("x-request-id", "log-test-sent")])
+        .await;
     assert_eq!(response.status().as_u16(), 200);
 
     let lines = logs_for_request("log-test-sent");
@@ -42,15 +37,8 @@ async fn refused_requests_are_logged_too() {
     let app = spawn_app().await;
 
     let response = app
-        .client
-        .get(format!(
-            "{}/api/action-codes/labels/not%20valid",
-            app.address
-        ))
-        .header("x-request-id", "log-test-invalid")
-        .send()
-        .await
-        .unwrap();
+        .label_status_with("not%20valid", &[("x-request-id", "log-test-invalid")])
+        .await;
     assert_eq!(response.status().as_u16(), 422);
 
     let lines = logs_for_request("log-test-invalid");

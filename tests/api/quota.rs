@@ -94,12 +94,8 @@ async fn requests_per_minute_stops_a_flood_before_the_body_is_read() {
     let response = app.label_status("A10cnQO").await;
     assert_eq!(response.status().as_u16(), 401);
     let response = app
-        .client
-        .get(format!("{}/api/action-codes/labels/A10cnQO", app.address))
-        .header("x-api-key", BOB)
-        .send()
-        .await
-        .unwrap();
+        .label_status_with("A10cnQO", &[("x-api-key", BOB)])
+        .await;
     assert_eq!(response.status().as_u16(), 200, "bob is unaffected");
 }
 
@@ -132,12 +128,8 @@ async fn a_spent_courtesy_budget_is_503_gateway_busy() {
     assert_problem(response, 503, "urn:mpc-gateway:gateway-busy").await;
     // The refusal gave alice's unit back: 3 in the burst, 1 used.
     let response = app
-        .client
-        .get(format!("{}/api/action-codes/labels/A10cnQO", app.address))
-        .header("x-api-key", ALICE)
-        .send()
-        .await
-        .unwrap();
+        .label_status_with("A10cnQO", &[("x-api-key", ALICE)])
+        .await;
     assert!(
         response.headers()["ratelimit"]
             .to_str()

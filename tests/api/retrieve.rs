@@ -355,23 +355,13 @@ async fn request_ids_are_echoed_or_generated() {
     mpc_never_called(&app).await;
 
     let response = app
-        .client
-        .post(format!("{}/api/action-codes/retrieve", app.address))
-        .header("x-request-id", "trace-42.a:b_c")
-        .json(&json!({"label": "bad label"}))
-        .send()
-        .await
-        .unwrap();
+        .retrieve_with("bad label", &[("x-request-id", "trace-42.a:b_c")])
+        .await;
     assert_eq!(response.headers()["x-request-id"], "trace-42.a:b_c");
 
     let response = app
-        .client
-        .post(format!("{}/api/action-codes/retrieve", app.address))
-        .header("x-request-id", "not acceptable!")
-        .json(&json!({"label": "bad label"}))
-        .send()
-        .await
-        .unwrap();
+        .retrieve_with("bad label", &[("x-request-id", "not acceptable!")])
+        .await;
     let generated = response.headers()["x-request-id"].to_str().unwrap();
     assert_ne!(generated, "not acceptable!");
     assert!(!generated.is_empty());
