@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::num::{NonZeroU32, NonZeroUsize};
-use std::path::Path;
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -31,6 +31,8 @@ pub struct Settings {
     pub admin: AdminSettings,
     /// How the MPC is reached.
     pub upstream: UpstreamSettings,
+    /// Remembered outcomes.
+    pub dedup: DedupSettings,
     /// Who may ask.
     pub auth: AuthSettings,
     /// How much each user may ask.
@@ -57,6 +59,85 @@ pub struct ServerSettings {
 pub struct AdminSettings {
     /// Address the admin API binds.
     pub listen: SocketAddr,
+    /// Digest of the token `/admin/` routes require; `""` for none.
+    pub token_sha256: OptionalDigest,
+}
+
+/// `[dedup]`: how long outcomes are remembered, and where they are kept.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupSettings {
+    /// Lifetime of an accepted request.
+    #[serde(with = "humantime_serde")]
+    pub sent_ttl: Duration,
+    /// Lifetime of an MPC refusal.
+    #[serde(with = "humantime_serde")]
+    pub rejected_ttl: Duration,
+    /// Lifetime of an outcome the MPC may or may not have acted on.
+    #[serde(with = "humantime_serde")]
+    pub uncertain_ttl: Duration,
+    /// Most outcomes remembered at once.
+    pub max_entries: NonZeroU64,
+    /// Where outcomes survive restarts; `""` for nowhere.
+    pub state_file: OptionalPath,
+}
+
+/// A file path, or none when configured as `""`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(from = "String", into = "String")]
+pub struct OptionalPath(Option<PathBuf>);
+
+impl OptionalPath {
+    /// The path, when one is configured.
+    pub fn get(&self) -> Option<&Path> {
+        self.0.as_deref()
+    }
+}
+
+impl From<String> for OptionalPath {
+    fn from(value: String) -> Self {
+        Self((!value.trim().is_empty()).then(|| PathBuf::from(value)))
+    }
+}
+
+impl From<OptionalPath> for String {
+    fn from(path: OptionalPath) -> Self {
+        path.0
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// A secret's digest, or none when configured as `""`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct OptionalDigest(Option<KeyDigest>);
+
+impl OptionalDigest {
+    /// The digest, when one is configured.
+    pub fn get(&self) -> Option<&KeyDigest> {
+        self.0.as_ref()
+    }
+}
+
+impl TryFrom<String> for OptionalDigest {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        if value.trim().is_empty() {
+            return Ok(Self(None));
+        }
+        KeyDigest::try_from(value).map(|digest| Self(Some(digest)))
+    }
+}
+
+impl Serialize for OptionalDigest {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(digest) => digest.serialize(serializer),
+            None => serializer.serialize_str(""),
+        }
+    }
 }
 
 /// `[upstream]`: the MPC's Action Codes API.
@@ -407,6 +488,15 @@ impl Settings {
                 "must be longer than 0s",
             ));
         }
+        for (key, ttl) in [
+            ("dedup.sent_ttl", self.dedup.sent_ttl),
+            ("dedup.rejected_ttl", self.dedup.rejected_ttl),
+            ("dedup.uncertain_ttl", self.dedup.uncertain_ttl),
+        ] {
+            if ttl.is_zero() {
+                return Err(ConfigError::invalid(key, "must be longer than 0s"));
+            }
+        }
         if upstream.connect_timeout > upstream.timeout {
             return Err(ConfigError::invalid(
                 "upstream.connect_timeout",
@@ -615,6 +705,13 @@ mod tests {
                 "upstream.connect_timeout",
             ),
             ("MPC_GATEWAY__LOG__FORMAT", "xml", "log.format"),
+            ("MPC_GATEWAY__DEDUP__SENT_TTL", "0s", "dedup.sent_ttl"),
+            ("MPC_GATEWAY__DEDUP__MAX_ENTRIES", "0", "dedup.max_entries"),
+            (
+                "MPC_GATEWAY__ADMIN__TOKEN_SHA256",
+                "abc",
+                "admin.token_sha256",
+            ),
             ("MPC_GATEWAY__LOG__LEVEL", "inof", "log.level"),
         ];
         for (var, value, key) in cases {
@@ -710,8 +807,14 @@ mod tests {
             "[[auth.keys]]\nuser = \"alice\"\nsha256 = \"{DIGEST}\"\n"
         ));
         let s = Settings::load_from(Some(f.path()), env(&[])).unwrap();
+        let mut s = s;
+        s.admin.token_sha256 = DIGEST.to_owned().try_into().unwrap();
         let rendered = s.to_toml();
         assert!(!rendered.contains(DIGEST), "{rendered}");
+        assert!(
+            rendered.contains("token_sha256 = \"<redacted>\""),
+            "{rendered}"
+        );
         assert!(rendered.contains(REDACTED));
         assert!(!format!("{s:?}").contains(DIGEST));
 

@@ -69,6 +69,11 @@ impl Identity {
         &self.user
     }
 
+    /// The user's name, shared (for records that outlive the request).
+    pub fn shared_user(&self) -> Arc<str> {
+        Arc::clone(&self.user)
+    }
+
     /// The user's quota tier.
     pub fn tier(&self) -> &Tier {
         &self.tier

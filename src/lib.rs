@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dedup;
 pub mod gate;
 pub mod identity;
 pub mod label;

@@ -8,6 +8,7 @@ use serde_json::{Map, Value, json};
 
 use std::time::Duration;
 
+use crate::dedup::Uncertainty;
 use crate::identity::AuthError;
 use crate::label::{ACCEPTED_FORMATS, LabelError};
 use crate::quota::{Refusal, whole_seconds};
@@ -54,12 +55,24 @@ pub enum Problem {
     /// The MPC answered 4xx.
     #[error("the MPC refused the label with status {}", .0.status)]
     UpstreamRejected(MpcAnswer),
-    /// The MPC answered 5xx or something unusable, or could not be reached.
+    /// The MPC answered 5xx or something unusable, or could not be reached:
+    /// certainly nothing was sent.
     #[error("upstream error: {0}")]
     UpstreamError(String),
-    /// The MPC did not answer within `upstream.timeout`.
-    #[error("the MPC did not answer in time")]
-    UpstreamTimeout,
+    /// The MPC may or may not have acted (timeout, connection lost mid-request).
+    #[error("uncertain upstream outcome: {reason:?}")]
+    UpstreamUncertain {
+        /// What went wrong.
+        reason: Uncertainty,
+        /// How long the label is held before it may be forwarded again.
+        retry_after: Duration,
+    },
+    /// Nothing is remembered for a label (admin API).
+    #[error("nothing remembered for {0}")]
+    NotRemembered(String),
+    /// The admin token is missing or wrong.
+    #[error("admin token missing or wrong")]
+    AdminUnauthorized,
     /// No such route.
     #[error("not found: {0}")]
     NotFound(String),
@@ -83,9 +96,17 @@ impl Problem {
             Self::QuotaExceeded(_) => "urn:mpc-gateway:quota-exceeded",
             Self::GatewayBusy { .. } => "urn:mpc-gateway:gateway-busy",
             Self::UpstreamRejected(_) => "urn:mpc-gateway:upstream-rejected",
-            Self::UpstreamError(_) => "urn:mpc-gateway:upstream-error",
-            Self::UpstreamTimeout => "urn:mpc-gateway:upstream-timeout",
-            Self::NotFound(_) => "urn:mpc-gateway:not-found",
+            Self::UpstreamError(_)
+            | Self::UpstreamUncertain {
+                reason: Uncertainty::ConnectionLost,
+                ..
+            } => "urn:mpc-gateway:upstream-error",
+            Self::UpstreamUncertain {
+                reason: Uncertainty::Timeout,
+                ..
+            } => "urn:mpc-gateway:upstream-timeout",
+            Self::NotFound(_) | Self::NotRemembered(_) => "urn:mpc-gateway:not-found",
+            Self::AdminUnauthorized => "urn:mpc-gateway:unauthenticated",
             Self::MethodNotAllowed { .. } => "urn:mpc-gateway:method-not-allowed",
         }
     }
@@ -101,8 +122,16 @@ impl Problem {
             Self::GatewayBusy { .. } => "Gateway busy",
             Self::UpstreamRejected(_) => "The MPC rejected the request",
             Self::UpstreamError(_) => "The MPC could not be used",
-            Self::UpstreamTimeout => "The MPC did not answer in time",
-            Self::NotFound(_) => "Not found",
+            Self::UpstreamUncertain {
+                reason: Uncertainty::Timeout,
+                ..
+            } => "The MPC did not answer in time",
+            Self::UpstreamUncertain {
+                reason: Uncertainty::ConnectionLost,
+                ..
+            } => "The connection to the MPC failed",
+            Self::NotFound(_) | Self::NotRemembered(_) => "Not found",
+            Self::AdminUnauthorized => "Unauthenticated",
             Self::MethodNotAllowed { .. } => "Method not allowed",
         }
     }
@@ -142,9 +171,26 @@ impl Problem {
             Self::UpstreamError(why) => {
                 format!("{why}. No action code was requested; try again later.")
             }
-            Self::UpstreamTimeout => "The MPC did not answer in time. It may still send the \
-                 email: check the mailbox before asking again."
-                .to_owned(),
+            Self::UpstreamUncertain {
+                reason,
+                retry_after,
+            } => {
+                let what = match reason {
+                    Uncertainty::Timeout => "The MPC did not answer in time",
+                    Uncertainty::ConnectionLost => {
+                        "The connection to the MPC failed after the request was sent"
+                    }
+                };
+                format!(
+                    "{what}, so it may still email the action code: check the mailbox. \
+                     To avoid a second email this label is not forwarded again for {} s.",
+                    whole_seconds(*retry_after)
+                )
+            }
+            Self::NotRemembered(label) => format!("Nothing is remembered for label {label}."),
+            Self::AdminUnauthorized => {
+                "The admin API requires 'Authorization: Bearer <admin token>'.".to_owned()
+            }
             Self::NotFound(path) => format!("There is no resource at {path}."),
             Self::MethodNotAllowed { allow } => {
                 format!("This resource accepts only {allow}.")
@@ -180,7 +226,9 @@ impl Problem {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::QuotaExceeded(refusal) => Some(refusal.retry_after),
-            Self::GatewayBusy { retry_after } => Some(*retry_after),
+            Self::GatewayBusy { retry_after } | Self::UpstreamUncertain { retry_after, .. } => {
+                Some(*retry_after)
+            }
             _ => None,
         }
     }
@@ -211,9 +259,17 @@ impl ResponseError for Problem {
                 .ok()
                 .filter(StatusCode::is_client_error)
                 .unwrap_or(StatusCode::BAD_REQUEST),
-            Self::UpstreamError(_) => StatusCode::BAD_GATEWAY,
-            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::UpstreamError(_)
+            | Self::UpstreamUncertain {
+                reason: Uncertainty::ConnectionLost,
+                ..
+            } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamUncertain {
+                reason: Uncertainty::Timeout,
+                ..
+            } => StatusCode::GATEWAY_TIMEOUT,
+            Self::NotFound(_) | Self::NotRemembered(_) => StatusCode::NOT_FOUND,
+            Self::AdminUnauthorized => StatusCode::UNAUTHORIZED,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -225,7 +281,7 @@ impl ResponseError for Problem {
             Self::MethodNotAllowed { allow } => {
                 response.insert_header((header::ALLOW, HeaderValue::from_static(allow)));
             }
-            Self::Unauthenticated(_) => {
+            Self::Unauthenticated(_) | Self::AdminUnauthorized => {
                 response.insert_header((
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"mpc-action-gateway\""),
@@ -277,7 +333,12 @@ mod tests {
             Problem::PayloadTooLarge { limit: 1 },
             Problem::UnsupportedMediaType("x".into()),
             Problem::UpstreamError("x".into()),
-            Problem::UpstreamTimeout,
+            Problem::UpstreamUncertain {
+                reason: Uncertainty::Timeout,
+                retry_after: Duration::from_secs(120),
+            },
+            Problem::NotRemembered("A10cnQO".into()),
+            Problem::AdminUnauthorized,
             Problem::NotFound("/x".into()),
             Problem::MethodNotAllowed { allow: "POST" },
         ];

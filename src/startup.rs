@@ -12,15 +12,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Settings;
+use crate::dedup::{Dedup, persist};
 use crate::gate;
 use crate::identity::Authenticator;
 use crate::quota::{Clock, MonotonicClock, Quotas};
 use crate::routes;
+use crate::routes::admin::AdminState;
 use crate::telemetry::request_context;
 use crate::upstream::{MpcClient, tls_config};
 
 /// How often idle users' limiter state is dropped.
 const QUOTA_HOUSEKEEPING: Duration = Duration::from_secs(60);
+
+/// How often remembered outcomes are written to the state file (when changed).
+const SAVE_EVERY: Duration = Duration::from_secs(30);
 
 /// State shared by every worker of the public listener.
 pub struct AppState {
@@ -30,6 +35,8 @@ pub struct AppState {
     pub authenticator: Authenticator,
     /// Per-user limits and the courtesy budget.
     pub quotas: Quotas,
+    /// Remembered outcomes and calls in flight.
+    pub dedup: Arc<Dedup>,
 }
 
 /// Whether the gateway is still taking work; flips once, at shutdown.
@@ -73,6 +80,8 @@ pub struct Application {
     admin: Server,
     readiness: web::Data<Readiness>,
     state: web::Data<AppState>,
+    state_file: Option<std::path::PathBuf>,
+    drain_timeout: Duration,
 }
 
 impl Application {
@@ -99,10 +108,30 @@ impl Application {
         let admin_addr = local_addr("admin.listen", &admin_listener)?;
 
         let readiness = web::Data::new(Readiness::default());
+        let dedup = Dedup::new(&settings.dedup);
+        let state_file = settings.dedup.state_file.get().map(ToOwned::to_owned);
+        if let Some(path) = &state_file {
+            match persist::load(path, &dedup) {
+                Ok(count) => tracing::info!(
+                    path = %path.display(),
+                    remembered = count,
+                    "loaded remembered outcomes"
+                ),
+                Err(error) => tracing::warn!(
+                    %error,
+                    "ignoring the state file: starting with nothing remembered"
+                ),
+            }
+        }
+        let admin_state = web::Data::new(AdminState {
+            dedup: Arc::clone(&dedup),
+            token: settings.admin.token_sha256.get().copied(),
+        });
         let state = web::Data::new(AppState {
             max_body_bytes: settings.server.max_body_bytes.get(),
             authenticator: Authenticator::new(&settings.auth, &settings.quota),
             quotas: Quotas::new(clock, settings.upstream.max_per_minute),
+            dedup,
         });
         let housekeeping_state = state.clone();
         let upstream = settings.upstream.clone();
@@ -136,6 +165,7 @@ impl Application {
             App::new()
                 .wrap(from_fn(request_context))
                 .app_data(admin_readiness.clone())
+                .app_data(admin_state.clone())
                 .configure(routes::admin)
                 .default_service(web::to(routes::not_found))
         })
@@ -156,6 +186,8 @@ impl Application {
             admin,
             readiness,
             state: housekeeping_state,
+            state_file,
+            drain_timeout: settings.upstream.timeout + Duration::from_secs(2),
         })
     }
 
@@ -175,6 +207,8 @@ impl Application {
             public: self.public.handle(),
             admin: self.admin.handle(),
             readiness: self.readiness.clone(),
+            dedup: Arc::clone(&self.state.dedup),
+            drain_timeout: self.drain_timeout,
         }
     }
 
@@ -194,8 +228,18 @@ impl Application {
                 tracing::debug!(tracked_users = tracked, "dropped idle users' limiter state");
             }
         });
+        let saver = self.state_file.clone().map(|path| {
+            let dedup = Arc::clone(&self.state.dedup);
+            tokio::spawn(save_periodically(path, dedup))
+        });
         let (public, admin) = tokio::join!(self.public, self.admin);
         housekeeping.abort();
+        if let Some(saver) = saver {
+            saver.abort();
+        }
+        if let Some(path) = self.state_file {
+            save(path, Arc::clone(&self.state.dedup)).await;
+        }
         public.and(admin)
     }
 }
@@ -206,16 +250,47 @@ pub struct Stopper {
     public: ServerHandle,
     admin: ServerHandle,
     readiness: web::Data<Readiness>,
+    dedup: Arc<Dedup>,
+    drain_timeout: Duration,
 }
 
 impl Stopper {
-    /// Refuses new connections, lets in-flight requests finish, then stops.
+    /// Refuses new connections, lets MPC calls and requests in flight finish, then stops.
     pub async fn stop(&self) {
         tracing::info!("shutting down: finishing in-flight requests");
         self.readiness.begin_shutdown();
+        self.public.pause().await;
+        // MPC calls run on their own tasks, which die with the workers: let
+        // them settle (their outcomes are then remembered and saved) first.
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        while self.dedup.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         self.public.stop(true).await;
         self.admin.stop(true).await;
         tracing::info!("stopped");
+    }
+}
+
+async fn save_periodically(path: std::path::PathBuf, dedup: Arc<Dedup>) {
+    let mut ticks = tokio::time::interval(SAVE_EVERY);
+    let mut saved = dedup.changes();
+    loop {
+        ticks.tick().await;
+        let changes = dedup.changes();
+        if changes != saved {
+            save(path.clone(), Arc::clone(&dedup)).await;
+            saved = changes;
+        }
+    }
+}
+
+async fn save(path: std::path::PathBuf, dedup: Arc<Dedup>) {
+    let shown = path.display().to_string();
+    match tokio::task::spawn_blocking(move || persist::save(&path, &dedup)).await {
+        Ok(Ok(count)) => tracing::debug!(path = %shown, remembered = count, "state file written"),
+        Ok(Err(error)) => tracing::error!(path = %shown, %error, "cannot write the state file"),
+        Err(error) => tracing::error!(path = %shown, %error, "state file writer failed"),
     }
 }
 

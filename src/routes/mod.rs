@@ -1,9 +1,13 @@
 //! HTTP endpoints, one file per group, registered once per listener.
 
+pub mod admin;
 pub mod health;
 pub mod labels;
 pub mod retrieve;
 
+use std::time::SystemTime;
+
+use actix_web::middleware::from_fn;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::problem::Problem;
@@ -33,7 +37,22 @@ pub fn admin(cfg: &mut web::ServiceConfig) {
         web::resource("/readyz")
             .route(web::get().to(health::readyz))
             .default_service(web::to(|| method_not_allowed("GET"))),
+    )
+    .service(
+        web::scope("/admin")
+            .wrap(from_fn(admin::require_token))
+            .service(
+                web::resource("/labels/{label}")
+                    .route(web::get().to(admin::show))
+                    .route(web::delete().to(admin::forget))
+                    .default_service(web::to(|| method_not_allowed("GET, DELETE"))),
+            ),
     );
+}
+
+/// A point in time as RFC 3339 UTC with whole seconds, e.g. `2026-11-26T04:00:00Z`.
+pub fn timestamp(at: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 /// Answer for paths no route matches.

@@ -1,16 +1,17 @@
 //! `POST /api/action-codes/retrieve`: the MPC's own request, checked and forwarded.
 
-use std::time::SystemTime;
-
-use actix_web::http::header::{self, HeaderValue};
-use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
+use crate::dedup::{Claim, Outcome, Remembered, Settled};
 use crate::identity::Identity;
 use crate::label::{Label, LabelKind};
 use crate::problem::Problem;
+use crate::routes::timestamp;
 use crate::startup::AppState;
-use crate::upstream::{MpcAnswer, MpcClient, Reply, UpstreamFailure};
+use crate::upstream::{MpcAnswer, MpcClient};
 
 /// Header telling caches and people where an answer came from (RFC 9211).
 pub const CACHE_STATUS: &str = "cache-status";
@@ -34,7 +35,19 @@ struct Retrieved<'a> {
     upstream: &'a MpcAnswer,
 }
 
-/// Checks the body, then asks the MPC to email the label's action code.
+/// How this request came by its answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    /// From a remembered outcome; nothing was sent.
+    Memory,
+    /// This request made the MPC call.
+    Forwarded,
+    /// Coalesced with a concurrent request that made the call.
+    Collapsed,
+}
+
+/// Checks the body, then answers from memory, joins the call in flight, or
+/// asks the MPC to email the label's action code.
 pub async fn retrieve(
     identity: Identity,
     req: HttpRequest,
@@ -51,33 +64,101 @@ pub async fn retrieve(
     })?;
     tracing::Span::current().record("label_kind", label.kind().as_str());
 
-    charge_upstream(&state, &identity)?;
-    let requested_at = SystemTime::now();
-    match mpc.retrieve(&label).await {
-        Ok(Reply::Accepted(answer)) => {
-            let at = humantime::format_rfc3339_seconds(requested_at).to_string();
-            Ok(HttpResponse::Ok()
-                .insert_header((
-                    CACHE_STATUS,
-                    HeaderValue::from_static("mpc-action-gateway; fwd=miss"),
-                ))
-                .json(Retrieved {
-                    status: "sent",
-                    label: &label,
-                    label_kind: label.kind(),
-                    message: format!(
-                        "The MPC accepted the request: it emails the action code for {label} \
-                         to the address that submitted it."
-                    ),
-                    requested_at: at.clone(),
-                    resend_available_at: at,
-                    upstream: &answer,
-                }))
+    loop {
+        match state.dedup.claim(&label) {
+            Claim::Remembered(remembered) => {
+                return Ok(answer(&label, Ok(remembered), Via::Memory));
+            }
+            Claim::Wait(waiter) => {
+                if let Some(settled) = waiter.settled().await {
+                    return Ok(answer(&label, settled, Via::Collapsed));
+                }
+                // The leader was refused before calling the MPC: claim again.
+            }
+            Claim::Lead(lease) => {
+                charge_upstream(&state, &identity)?;
+                let user = identity.shared_user();
+                let mpc = mpc.into_inner();
+                // Its own task: a caller that disconnects cannot cancel the
+                // call halfway and let a waiter send a second email.
+                let call = actix_web::rt::spawn(
+                    async move {
+                        let result = mpc.retrieve(lease.label()).await;
+                        lease.settle(result, user)
+                    }
+                    .instrument(tracing::Span::current()),
+                );
+                let settled = call.await.map_err(|_| {
+                    Problem::UpstreamError("The call to the MPC was interrupted".to_owned())
+                })?;
+                return Ok(answer(&label, settled, Via::Forwarded));
+            }
         }
-        Ok(Reply::Rejected(answer)) => Err(Problem::UpstreamRejected(answer)),
-        Err(UpstreamFailure::Timeout(_)) => Err(Problem::UpstreamTimeout),
-        Err(failure) => Err(Problem::UpstreamError(capitalise(&failure.to_string()))),
     }
+}
+
+/// Renders a remembered or fresh outcome, with its `Cache-Status`.
+fn answer(label: &Label, settled: Settled, via: Via) -> HttpResponse {
+    let cache_status = match (via, &settled) {
+        (Via::Memory, Ok(remembered)) => format!(
+            "mpc-action-gateway; hit; ttl={}",
+            remembered.remaining().as_secs()
+        ),
+        (Via::Forwarded, Ok(_)) => "mpc-action-gateway; fwd=miss; stored".to_owned(),
+        (Via::Collapsed, _) => "mpc-action-gateway; fwd=miss; collapsed".to_owned(),
+        (_, Err(_)) => "mpc-action-gateway; fwd=miss".to_owned(),
+    };
+    let mut response = match settled {
+        Ok(remembered) => match &remembered.outcome {
+            Outcome::Sent { upstream } => sent(label, &remembered, upstream, via),
+            Outcome::Rejected { upstream } => {
+                Problem::UpstreamRejected(upstream.clone()).error_response()
+            }
+            Outcome::Uncertain { reason } => Problem::UpstreamUncertain {
+                reason: *reason,
+                retry_after: remembered.remaining(),
+            }
+            .error_response(),
+        },
+        Err(failure) => Problem::UpstreamError(capitalise(&failure.to_string())).error_response(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&cache_status) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(CACHE_STATUS), value);
+    }
+    response
+}
+
+fn sent(label: &Label, remembered: &Remembered, upstream: &MpcAnswer, via: Via) -> HttpResponse {
+    let requested_at = timestamp(remembered.requested_at);
+    let resend_available_at = timestamp(remembered.expires_at);
+    let (status, message) = if via == Via::Memory {
+        (
+            "already_requested",
+            format!(
+                "The MPC already accepted a request for {label} at {requested_at}, so no new \
+                 email is sent; ask again after {resend_available_at} if it never arrived."
+            ),
+        )
+    } else {
+        (
+            "sent",
+            format!(
+                "The MPC accepted the request: it emails the action code for {label} to the \
+                 address that submitted it."
+            ),
+        )
+    };
+    HttpResponse::Ok().json(Retrieved {
+        status,
+        label,
+        label_kind: label.kind(),
+        message,
+        requested_at,
+        resend_available_at,
+        upstream,
+    })
 }
 
 /// Charges the user's upstream quota, then the courtesy budget; a refusal

@@ -23,6 +23,7 @@ pub struct TestApp {
     pub mpc: MockServer,
     pub client: reqwest::Client,
     stopper: Stopper,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 impl Drop for TestApp {
@@ -94,6 +95,23 @@ pub fn logs_for_request(request_id: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Lifts this process's open-file limit to its hard limit: the crowd tests
+/// hold a thousand sockets, more than some shells' default soft limit.
+pub fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 /// Admits `key` as `user` in `tier`.
 pub fn add_key(settings: &mut Settings, user: &str, key: &str, tier: &str) {
     settings.auth.keys.push(KeyEntry {
@@ -134,7 +152,7 @@ pub async fn spawn_app_with(customise: impl FnOnce(&mut Settings)) -> TestApp {
     let address = format!("http://{}", application.public_addr());
     let admin_address = format!("http://{}", application.admin_addr());
     let stopper = application.stopper();
-    tokio::spawn(application.run_until_stopped());
+    let server = tokio::spawn(application.run_until_stopped());
     TestApp {
         address,
         admin_address,
@@ -144,6 +162,7 @@ pub async fn spawn_app_with(customise: impl FnOnce(&mut Settings)) -> TestApp {
             .build()
             .unwrap(),
         stopper,
+        server: Some(server),
     }
 }
 
@@ -168,6 +187,14 @@ pub async fn mpc_never_called(app: &TestApp) {
 }
 
 impl TestApp {
+    /// Stops the gateway as SIGTERM would and waits until it has finished.
+    pub async fn shutdown(mut self) {
+        self.stopper.stop().await;
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+
     /// POSTs `{"label": label}` as JSON to the retrieve endpoint.
     pub async fn retrieve(&self, label: &str) -> reqwest::Response {
         self.client

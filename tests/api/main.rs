@@ -1,6 +1,7 @@
 //! HTTP-level tests: the real server on port 0 in front of a wiremock MPC.
 
 mod cli;
+mod dedup;
 mod health;
 mod helpers;
 mod identity;

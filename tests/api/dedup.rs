@@ -1,0 +1,410 @@
+//! Never the same email twice: remembered outcomes, coalescing, persistence.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::helpers::{
+    MPC_PATH, TestApp, add_key, add_tier, assert_problem, captured_logs, mpc_answers,
+    raise_open_files_limit, spawn_app_with,
+};
+
+const LABEL: &str = "2024-05-02T21:03:35.001_0000FzZw";
+
+/// The MPC accepting after `delay`, expecting exactly `calls` calls.
+async fn slow_mpc(app: &TestApp, delay: Duration, calls: u64) {
+    Mock::given(method("POST"))
+        .and(path(MPC_PATH))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"message": "queued"}))
+                .set_delay(delay),
+        )
+        .expect(calls)
+        .mount(&app.mpc)
+        .await;
+}
+
+fn cache_status(response: &reqwest::Response) -> String {
+    response.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A gateway whose default tier would not get in the way of a crowd.
+async fn roomy_app(customise: impl FnOnce(&mut mpc_action_gateway::config::Settings)) -> TestApp {
+    spawn_app_with(|settings| {
+        add_tier(settings, "default", 100_000, 1000, 1000);
+        customise(settings);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn five_hundred_concurrent_identical_requests_make_one_mpc_call() {
+    raise_open_files_limit();
+    let app = roomy_app(|_| {}).await;
+    slow_mpc(&app, Duration::from_millis(300), 1).await;
+
+    let responses = join_all((0..500).map(|_| app.retrieve(LABEL))).await;
+
+    let mut stored = 0;
+    for response in responses {
+        assert_eq!(response.status().as_u16(), 200);
+        let status = cache_status(&response);
+        let body: Value = response.json().await.unwrap();
+        if status.ends_with("fwd=miss; stored") {
+            stored += 1;
+            assert_eq!(body["status"], "sent");
+        } else if status.ends_with("fwd=miss; collapsed") {
+            assert_eq!(body["status"], "sent", "a coalesced waiter shares the call");
+        } else {
+            assert!(status.contains("; hit; ttl="), "{status}");
+            assert_eq!(body["status"], "already_requested");
+        }
+        assert_eq!(body["upstream"]["body"]["message"], "queued");
+    }
+    assert_eq!(stored, 1, "exactly one request made the call");
+}
+
+#[tokio::test]
+async fn concurrent_requests_from_different_users_share_one_call() {
+    let app = roomy_app(|settings| {
+        settings.auth.allow_anonymous = false;
+        for user in ["alice", "bob", "carol"] {
+            add_key(settings, user, &format!("key-of-{user}"), "default");
+        }
+    })
+    .await;
+    slow_mpc(&app, Duration::from_millis(300), 1).await;
+
+    let requests = ["alice", "bob", "carol"].map(|user| {
+        let key = format!("key-of-{user}");
+        let app = &app;
+        async move { app.retrieve_with(LABEL, &[("x-api-key", &key)]).await }
+    });
+    let responses = join_all(requests).await;
+
+    for response in responses {
+        assert_eq!(response.status().as_u16(), 200);
+    }
+    let later = app
+        .retrieve_with(LABEL, &[("x-api-key", "key-of-bob")])
+        .await;
+    let body: Value = later.json().await.unwrap();
+    assert_eq!(
+        body["status"], "already_requested",
+        "deduplication is across users"
+    );
+}
+
+#[tokio::test]
+async fn a_leader_that_disconnects_does_not_cause_a_second_call() {
+    let app = roomy_app(|_| {}).await;
+    slow_mpc(&app, Duration::from_millis(400), 1).await;
+
+    // The leader gives up after 100 ms: its request future is dropped.
+    let leader = tokio::time::timeout(Duration::from_millis(100), app.retrieve(LABEL)).await;
+    assert!(
+        leader.is_err(),
+        "the leader must still be waiting when dropped"
+    );
+
+    // Others arrive while the call the leader started is still in flight.
+    let responses = join_all((0..5).map(|_| app.retrieve(LABEL))).await;
+    for response in responses {
+        assert_eq!(response.status().as_u16(), 200);
+        assert!(cache_status(&response).ends_with("collapsed"));
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["status"], "sent");
+    }
+
+    let response = app.retrieve(LABEL).await;
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "already_requested");
+}
+
+#[tokio::test]
+async fn a_leader_that_disconnects_alone_still_completes_and_remembers() {
+    let app = roomy_app(|_| {}).await;
+    slow_mpc(&app, Duration::from_millis(200), 1).await;
+
+    let leader = tokio::time::timeout(Duration::from_millis(50), app.retrieve(LABEL)).await;
+    assert!(leader.is_err());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    let response = app.retrieve(LABEL).await;
+    assert!(cache_status(&response).contains("hit"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "already_requested");
+}
+
+#[tokio::test]
+async fn an_accepted_label_is_answered_from_memory() {
+    let app = roomy_app(|_| {}).await;
+    mpc_answers(&app, 200, json!({"message": "queued"}), 1).await;
+
+    let first = app.retrieve(LABEL).await;
+    assert_eq!(cache_status(&first), "mpc-action-gateway; fwd=miss; stored");
+    let first: Value = first.json().await.unwrap();
+    let second = app.retrieve(&format!("  {LABEL}\n")).await;
+    let status = cache_status(&second);
+    let ttl: u64 = status
+        .strip_prefix("mpc-action-gateway; hit; ttl=")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((3590..=3600).contains(&ttl), "{status}");
+    let second: Value = second.json().await.unwrap();
+
+    assert_eq!(first["status"], "sent");
+    assert_eq!(second["status"], "already_requested");
+    assert_eq!(second["requested_at"], first["requested_at"]);
+    assert_eq!(second["resend_available_at"], first["resend_available_at"]);
+    assert_eq!(second["upstream"], first["upstream"]);
+    let requested = humantime::parse_rfc3339(first["requested_at"].as_str().unwrap()).unwrap();
+    let resend = humantime::parse_rfc3339(first["resend_available_at"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        resend.duration_since(requested).unwrap(),
+        Duration::from_secs(3600)
+    );
+
+    let status: Value = app.label_status(LABEL).await.json().await.unwrap();
+    assert_eq!(status["last_requested_at"], first["requested_at"]);
+    assert_eq!(status["resend_available_at"], first["resend_available_at"]);
+}
+
+#[tokio::test]
+async fn an_mpc_rejection_is_remembered() {
+    let app = roomy_app(|_| {}).await;
+    mpc_answers(&app, 404, json!({"error": "unknown label"}), 1).await;
+
+    let first = app.retrieve("A10cnQO").await;
+    assert_eq!(cache_status(&first), "mpc-action-gateway; fwd=miss; stored");
+    assert_problem(first, 404, "urn:mpc-gateway:upstream-rejected").await;
+
+    let second = app.retrieve("A10cnQO").await;
+    assert!(cache_status(&second).contains("; hit; ttl="));
+    let body = assert_problem(second, 404, "urn:mpc-gateway:upstream-rejected").await;
+    assert_eq!(body["upstream"]["body"]["error"], "unknown label");
+}
+
+#[tokio::test]
+async fn an_mpc_server_error_is_not_remembered() {
+    let app = roomy_app(|_| {}).await;
+    mpc_answers(&app, 500, json!({"error": "boom"}), 2).await;
+
+    for _ in 0..2 {
+        let response = app.retrieve("A10cnQO").await;
+        assert_eq!(cache_status(&response), "mpc-action-gateway; fwd=miss");
+        assert_problem(response, 502, "urn:mpc-gateway:upstream-error").await;
+    }
+}
+
+#[tokio::test]
+async fn a_timeout_is_remembered_as_uncertain() {
+    let app = roomy_app(|settings| {
+        settings.upstream.timeout = Duration::from_millis(300);
+        settings.upstream.connect_timeout = Duration::from_millis(300);
+    })
+    .await;
+    slow_mpc(&app, Duration::from_secs(3), 1).await;
+
+    let first = app.retrieve("A10cnQO").await;
+    let first_wait: u64 = first.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((119..=120).contains(&first_wait), "{first_wait}");
+    assert_problem(first, 504, "urn:mpc-gateway:upstream-timeout").await;
+
+    let second = app.retrieve("A10cnQO").await;
+    assert!(cache_status(&second).contains("; hit; ttl="));
+    assert!(second.headers().contains_key("retry-after"));
+    let body = assert_problem(second, 504, "urn:mpc-gateway:upstream-timeout").await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("check the mailbox")
+    );
+}
+
+#[tokio::test]
+async fn the_next_request_after_the_lifetime_is_forwarded_again() {
+    let app = roomy_app(|settings| {
+        settings.dedup.sent_ttl = Duration::from_millis(300);
+    })
+    .await;
+    mpc_answers(&app, 200, json!({}), 2).await;
+
+    let first: Value = app.retrieve("A10cnQO").await.json().await.unwrap();
+    let second: Value = app.retrieve("A10cnQO").await.json().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let third: Value = app.retrieve("A10cnQO").await.json().await.unwrap();
+
+    assert_eq!(first["status"], "sent");
+    assert_eq!(second["status"], "already_requested");
+    assert_eq!(third["status"], "sent");
+}
+
+#[tokio::test]
+async fn remembered_answers_and_waiters_cost_no_upstream_quota() {
+    let app = spawn_app_with(|settings| {
+        settings.auth.allow_anonymous = false;
+        add_tier(settings, "single", 100, 10, 1);
+        add_key(settings, "alice", "alice-key", "single");
+        add_key(settings, "bob", "bob-key", "single");
+    })
+    .await;
+    slow_mpc(&app, Duration::from_millis(300), 2).await;
+    let alice = [("x-api-key", "alice-key")];
+    let bob = [("x-api-key", "bob-key")];
+
+    // Alice leads, Bob waits on her call: Bob's only unit is untouched.
+    let (lead, wait) = tokio::join!(app.retrieve_with(LABEL, &alice), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        app.retrieve_with(LABEL, &bob).await
+    });
+    assert_eq!(lead.status().as_u16(), 200);
+    assert_eq!(wait.status().as_u16(), 200);
+    assert!(cache_status(&wait).ends_with("collapsed"));
+    assert_eq!(wait.headers()["ratelimit"], "\"upstream\";r=1;t=0");
+    // Remembered answers are free too, even with the quota spent.
+    let again = app.retrieve_with(LABEL, &alice).await;
+    assert_eq!(again.status().as_u16(), 200);
+    // Bob can still send a label of his own; Alice cannot.
+    assert_eq!(
+        app.retrieve_with("A10cnQO", &bob).await.status().as_u16(),
+        200
+    );
+    assert_eq!(
+        app.retrieve_with("A10cnQP", &alice).await.status().as_u16(),
+        429
+    );
+}
+
+#[tokio::test]
+async fn admin_shows_who_asked_and_can_forget() {
+    let app = roomy_app(|settings| {
+        settings.auth.allow_anonymous = false;
+        add_key(settings, "alice", "alice-key", "default");
+    })
+    .await;
+    mpc_answers(&app, 200, json!({"message": "queued"}), 2).await;
+    let alice = [("x-api-key", "alice-key")];
+
+    let missing = app.admin_get(&format!("/admin/labels/{LABEL}")).await;
+    assert_problem(missing, 404, "urn:mpc-gateway:not-found").await;
+
+    app.retrieve_with(LABEL, &alice).await;
+    let shown = app.admin_get(&format!("/admin/labels/{LABEL}")).await;
+    assert_eq!(shown.status().as_u16(), 200);
+    let shown: Value = shown.json().await.unwrap();
+    assert_eq!(shown["label"], LABEL);
+    assert_eq!(shown["outcome"], "sent");
+    assert_eq!(shown["user"], "alice");
+    assert_eq!(shown["upstream"]["status"], 200);
+    assert!(shown["requested_at"].is_string() && shown["expires_at"].is_string());
+
+    let forgotten = app
+        .client
+        .delete(format!("{}/admin/labels/{LABEL}", app.admin_address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forgotten.status().as_u16(), 200);
+    let again = app
+        .client
+        .delete(format!("{}/admin/labels/{LABEL}", app.admin_address))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(again, 404, "urn:mpc-gateway:not-found").await;
+
+    let response: Value = app.retrieve_with(LABEL, &alice).await.json().await.unwrap();
+    assert_eq!(response["status"], "sent", "forgotten: forwarded again");
+}
+
+#[tokio::test]
+async fn admin_routes_require_the_token_when_one_is_set() {
+    let token = "admin-token-for-tests";
+    let app = roomy_app(|settings| {
+        settings.admin.token_sha256 = mpc_action_gateway::identity::key_digest(token)
+            .try_into()
+            .unwrap();
+    })
+    .await;
+    let url = format!("{}/admin/labels/{LABEL}", app.admin_address);
+
+    for auth in [None, Some("Bearer wrong"), Some("Basic x")] {
+        let mut request = app.client.get(&url);
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        let response = request.send().await.unwrap();
+        assert_problem(response, 401, "urn:mpc-gateway:unauthenticated").await;
+    }
+    let response = app
+        .client
+        .get(&url)
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        404,
+        "authorised; nothing remembered"
+    );
+    assert_eq!(app.admin_get("/healthz").await.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn remembered_outcomes_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let state_file = dir.path().join("state.json");
+    let configure = |settings: &mut mpc_action_gateway::config::Settings| {
+        settings.dedup.state_file = state_file.to_string_lossy().into_owned().into();
+    };
+
+    let before = roomy_app(configure).await;
+    mpc_answers(&before, 200, json!({"message": "queued"}), 1).await;
+    let first: Value = before.retrieve(LABEL).await.json().await.unwrap();
+    assert_eq!(first["status"], "sent");
+    before.shutdown().await;
+    assert!(state_file.exists(), "written on a clean stop");
+
+    let after = roomy_app(configure).await;
+    crate::helpers::mpc_never_called(&after).await;
+    let second: Value = after.retrieve(LABEL).await.json().await.unwrap();
+    assert_eq!(second["status"], "already_requested");
+    assert_eq!(second["requested_at"], first["requested_at"]);
+}
+
+#[tokio::test]
+async fn a_corrupt_state_file_is_reported_and_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let state_file = dir.path().join("corrupt-state.json");
+    std::fs::write(&state_file, b"{\"version\": 1, \"entries\": [trunc").unwrap();
+
+    let app = roomy_app(|settings| {
+        settings.dedup.state_file = state_file.to_string_lossy().into_owned().into();
+    })
+    .await;
+    mpc_answers(&app, 200, json!({}), 1).await;
+
+    let response = app.retrieve(LABEL).await;
+    assert_eq!(response.status().as_u16(), 200);
+    let warned = captured_logs().lines().any(|line| {
+        line.contains("ignoring the state file")
+            && line.contains("corrupt-state.json")
+            && line.contains("WARN")
+    });
+    assert!(warned, "a warning names the file");
+}
