@@ -318,10 +318,8 @@ mod tests {
 
     #[test]
     fn upstream_rejection_keeps_the_mpc_status() {
-        let problem = Problem::UpstreamRejected(MpcAnswer {
-            status: 404,
-            body: Some(json!({"error": "unknown"})),
-        });
+        let problem =
+            Problem::UpstreamRejected(MpcAnswer::with_json(404, &json!({"error": "unknown"})));
         assert_eq!(problem.status_code(), StatusCode::NOT_FOUND);
         assert_eq!(problem.to_json()["upstream"]["body"]["error"], "unknown");
     }

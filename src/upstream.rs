@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use actix_web::http::header;
 use awc::error::{ConnectError, SendRequestError};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::config::UpstreamSettings;
 use crate::label::Label;
@@ -15,12 +16,30 @@ use crate::label::Label;
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// The MPC's status and JSON body, as shown to callers.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MpcAnswer {
     /// HTTP status the MPC sent.
     pub status: u16,
-    /// The MPC's JSON body; `None` when empty or not JSON.
-    pub body: Option<serde_json::Value>,
+    /// The MPC's JSON body, verbatim; `None` when empty or not JSON. Kept as
+    /// shared text: every remembered copy and every answer carries it.
+    pub body: Option<Arc<RawValue>>,
+}
+
+impl MpcAnswer {
+    /// An answer with a JSON body (for tests and the simulated MPC).
+    pub fn with_json(status: u16, body: &serde_json::Value) -> Self {
+        Self {
+            status,
+            body: serde_json::value::to_raw_value(body).ok().map(Arc::from),
+        }
+    }
+}
+
+impl PartialEq for MpcAnswer {
+    fn eq(&self, other: &Self) -> bool {
+        self.status == other.status
+            && self.body.as_ref().map(|b| b.get()) == other.body.as_ref().map(|b| b.get())
+    }
 }
 
 /// A definite answer from the MPC about the label.
@@ -127,7 +146,9 @@ impl MpcClient {
                 )
                 .await
                 {
-                    Ok(Ok(bytes)) => serde_json::from_slice(&bytes).ok(),
+                    Ok(Ok(bytes)) => serde_json::from_slice::<Box<RawValue>>(&bytes)
+                        .ok()
+                        .map(Arc::from),
                     Ok(Err(error)) => {
                         tracing::warn!(status, %error, "unreadable MPC answer body");
                         None

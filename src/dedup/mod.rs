@@ -10,11 +10,10 @@ pub mod persist;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
-use moka::Expiry;
 use moka::sync::Cache;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -24,7 +23,7 @@ use crate::label::Label;
 use crate::upstream::{MpcAnswer, Reply, UpstreamFailure};
 
 /// What the MPC made of the last call for a label.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     /// The MPC accepted: the email is on its way.
@@ -66,29 +65,80 @@ pub enum Uncertainty {
 }
 
 /// A remembered outcome: what happened, when, for whom, until when.
+/// Kept small and cheap to clone: there may be a million of them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Remembered {
-    /// What the MPC made of the call.
-    pub outcome: Outcome,
-    /// When the MPC call was made.
-    pub requested_at: SystemTime,
-    /// When the memory of it ends and the label may be forwarded again.
-    pub expires_at: SystemTime,
-    /// The user whose request made the call.
-    pub user: Arc<str>,
+    outcome: Outcome,
+    requested_at: UnixMillis,
+    expires_at: UnixMillis,
+    user: Arc<str>,
 }
 
 impl Remembered {
+    /// An outcome of a call made at `requested_at` by `user`, current until `expires_at`.
+    pub fn new(
+        outcome: Outcome,
+        requested_at: SystemTime,
+        expires_at: SystemTime,
+        user: Arc<str>,
+    ) -> Self {
+        Self {
+            outcome,
+            requested_at: UnixMillis::from(requested_at),
+            expires_at: UnixMillis::from(expires_at),
+            user,
+        }
+    }
+
+    /// What the MPC made of the call.
+    pub fn outcome(&self) -> &Outcome {
+        &self.outcome
+    }
+
+    /// When the MPC call was made.
+    pub fn requested_at(&self) -> SystemTime {
+        self.requested_at.into()
+    }
+
+    /// When the memory of it ends and the label may be forwarded again.
+    pub fn expires_at(&self) -> SystemTime {
+        self.expires_at.into()
+    }
+
+    /// The user whose request made the call.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
     /// Time left before the label may be forwarded again.
     pub fn remaining(&self) -> Duration {
-        self.expires_at
+        self.expires_at()
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO)
     }
 }
 
+/// Wall-clock time in milliseconds since the Unix epoch: half a `SystemTime`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct UnixMillis(u64);
+
+impl From<SystemTime> for UnixMillis {
+    fn from(at: SystemTime) -> Self {
+        let since_epoch = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        Self(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+impl From<UnixMillis> for SystemTime {
+    fn from(at: UnixMillis) -> Self {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(at.0)
+    }
+}
+
 /// How an MPC call settled: remembered, or a failure that certainly sent nothing.
-pub type Settled = Result<Arc<Remembered>, UpstreamFailure>;
+pub type Settled = Result<Remembered, UpstreamFailure>;
 
 /// Per-outcome lifetimes.
 #[derive(Clone, Copy, Debug)]
@@ -111,34 +161,10 @@ impl Lifetimes {
     }
 }
 
-/// Lets moka drop each entry when its own outcome's lifetime ends.
-struct UntilExpiry;
-
-impl Expiry<Label, Arc<Remembered>> for UntilExpiry {
-    fn expire_after_create(
-        &self,
-        _label: &Label,
-        remembered: &Arc<Remembered>,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        Some(remembered.remaining())
-    }
-
-    fn expire_after_update(
-        &self,
-        _label: &Label,
-        remembered: &Arc<Remembered>,
-        _updated_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(remembered.remaining())
-    }
-}
-
 /// What a caller gets when asking about a label.
 pub enum Claim {
     /// An outcome is remembered: answer from memory.
-    Remembered(Arc<Remembered>),
+    Remembered(Remembered),
     /// A call for the label is in flight: wait for its result.
     Wait(Waiter),
     /// Nothing is known or in flight: this caller leads the call.
@@ -194,7 +220,7 @@ impl Drop for Lease {
 
 /// The remembered outcomes and the calls in flight.
 pub struct Dedup {
-    cache: Cache<Label, Arc<Remembered>>,
+    cache: Cache<Label, Remembered>,
     inflight: DashMap<Label, watch::Receiver<Option<Settled>>>,
     lifetimes: Lifetimes,
     changes: AtomicU64,
@@ -203,37 +229,47 @@ pub struct Dedup {
 impl Dedup {
     /// An empty memory bounded by `dedup.max_entries`.
     pub fn new(settings: &DedupSettings) -> Arc<Self> {
+        let lifetimes = Lifetimes {
+            sent: settings.sent_ttl,
+            rejected: settings.rejected_ttl,
+            uncertain: settings.uncertain_ttl,
+        };
+        // One lifetime for the cache keeps moka's per-entry bookkeeping small
+        // (no timer wheel); shorter-lived outcomes are judged by their own
+        // `expires_at` on every read and linger unseen until moka drops them.
+        let longest = lifetimes
+            .sent
+            .max(lifetimes.rejected)
+            .max(lifetimes.uncertain);
         let cache = Cache::builder()
             .max_capacity(settings.max_entries.get())
-            .expire_after(UntilExpiry)
+            .time_to_live(longest)
             .build();
         Arc::new(Self {
             cache,
             inflight: DashMap::new(),
-            lifetimes: Lifetimes {
-                sent: settings.sent_ttl,
-                rejected: settings.rejected_ttl,
-                uncertain: settings.uncertain_ttl,
-            },
+            lifetimes,
             changes: AtomicU64::new(0),
         })
     }
 
-    /// The remembered outcome for `label`, if any.
-    pub fn get(&self, label: &Label) -> Option<Arc<Remembered>> {
-        self.cache.get(label)
+    /// The remembered outcome for `label`, if any is current.
+    pub fn get(&self, label: &Label) -> Option<Remembered> {
+        self.cache
+            .get(label)
+            .filter(|remembered| !remembered.remaining().is_zero())
     }
 
     /// Remembered, wait, or lead: decided atomically per label.
     pub fn claim(self: &Arc<Self>, label: &Label) -> Claim {
-        if let Some(remembered) = self.cache.get(label) {
+        if let Some(remembered) = self.get(label) {
             return Claim::Remembered(remembered);
         }
         match self.inflight.entry(label.clone()) {
             Entry::Occupied(call) => Claim::Wait(Waiter(call.get().clone())),
             Entry::Vacant(slot) => {
                 // The call may have settled since the first look.
-                if let Some(remembered) = self.cache.get(label) {
+                if let Some(remembered) = self.get(label) {
                     return Claim::Remembered(remembered);
                 }
                 let (sender, receiver) = watch::channel(None);
@@ -266,18 +302,14 @@ impl Dedup {
             Err(failure) => return Err(failure),
         };
         let requested_at = SystemTime::now();
-        let remembered = Arc::new(Remembered {
-            expires_at: requested_at + self.lifetimes.of(&outcome),
-            outcome,
-            requested_at,
-            user,
-        });
-        self.store(label.clone(), Arc::clone(&remembered));
+        let expires_at = requested_at + self.lifetimes.of(&outcome);
+        let remembered = Remembered::new(outcome, requested_at, expires_at, user);
+        self.store(label.clone(), remembered.clone());
         Ok(remembered)
     }
 
     /// Stores an outcome as is (used when loading saved state).
-    pub fn store(&self, label: Label, remembered: Arc<Remembered>) {
+    pub fn store(&self, label: Label, remembered: Remembered) {
         if remembered.remaining().is_zero() {
             return;
         }
@@ -286,7 +318,7 @@ impl Dedup {
     }
 
     /// Forgets `label`, so that the next request is forwarded again.
-    pub fn forget(&self, label: &Label) -> Option<Arc<Remembered>> {
+    pub fn forget(&self, label: &Label) -> Option<Remembered> {
         let forgotten = self.cache.remove(label);
         if forgotten.is_some() {
             self.changes.fetch_add(1, Ordering::Relaxed);
@@ -295,7 +327,7 @@ impl Dedup {
     }
 
     /// Every outcome still remembered.
-    pub fn snapshot(&self) -> Vec<(Label, Arc<Remembered>)> {
+    pub fn snapshot(&self) -> Vec<(Label, Remembered)> {
         self.cache
             .iter()
             .filter(|(_, remembered)| !remembered.remaining().is_zero())
@@ -366,24 +398,21 @@ mod tests {
             panic!("expected to wait")
         };
         let settled = lease.settle(accepted(), "alice".into()).unwrap();
-        assert_eq!(settled.user.as_ref(), "alice");
+        assert_eq!(settled.user(), "alice");
         assert_eq!(dedup.in_flight(), 0);
 
         let shared = futures_util::FutureExt::now_or_never(waiter.settled())
             .flatten()
             .unwrap()
             .unwrap();
-        assert!(
-            Arc::ptr_eq(&shared, &settled),
-            "the waiter gets the same result"
-        );
+        assert_eq!(shared, settled, "the waiter gets the same result");
         let Claim::Remembered(remembered) = dedup.claim(&l) else {
             panic!("expected a remembered outcome")
         };
-        assert!(matches!(remembered.outcome, Outcome::Sent { .. }));
+        assert!(matches!(remembered.outcome(), Outcome::Sent { .. }));
         let ttl = remembered
-            .expires_at
-            .duration_since(remembered.requested_at)
+            .expires_at()
+            .duration_since(remembered.requested_at())
             .unwrap();
         assert_eq!(ttl, Duration::from_secs(3600));
     }
@@ -437,8 +466,8 @@ mod tests {
                 Some(seconds) => {
                     let remembered = settled.unwrap();
                     let lifetime = remembered
-                        .expires_at
-                        .duration_since(remembered.requested_at)
+                        .expires_at()
+                        .duration_since(remembered.requested_at())
                         .unwrap();
                     assert_eq!(lifetime, Duration::from_secs(seconds), "case {index}");
                     assert!(dedup.get(&l).is_some());

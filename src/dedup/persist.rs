@@ -8,13 +8,13 @@
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Dedup, Outcome, Remembered};
+use super::{Dedup, Outcome, Remembered, Uncertainty};
 use crate::label::Label;
+use crate::upstream::MpcAnswer;
 
 /// Version of the file format; bump on any incompatible change.
 pub const FORMAT_VERSION: u32 = 1;
@@ -27,16 +27,57 @@ struct StateFile {
     entries: Vec<Entry>,
 }
 
+/// One remembered outcome, in plain fields: a raw JSON body cannot pass
+/// through serde's buffering of tagged or flattened enums.
 #[derive(Serialize, Deserialize)]
 struct Entry {
     label: String,
-    #[serde(flatten)]
-    outcome: Outcome,
+    outcome: Kind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    upstream: Option<MpcAnswer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reason: Option<Uncertainty>,
     #[serde(with = "humantime_serde")]
     requested_at: SystemTime,
     #[serde(with = "humantime_serde")]
     expires_at: SystemTime,
     user: String,
+}
+
+#[derive(Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Kind {
+    Sent,
+    Rejected,
+    Uncertain,
+}
+
+impl Entry {
+    fn new(label: &Label, remembered: &Remembered) -> Self {
+        let (outcome, upstream, reason) = match remembered.outcome() {
+            Outcome::Sent { upstream } => (Kind::Sent, Some(upstream.clone()), None),
+            Outcome::Rejected { upstream } => (Kind::Rejected, Some(upstream.clone()), None),
+            Outcome::Uncertain { reason } => (Kind::Uncertain, None, Some(*reason)),
+        };
+        Self {
+            label: label.as_str().to_owned(),
+            outcome,
+            upstream,
+            reason,
+            requested_at: remembered.requested_at(),
+            expires_at: remembered.expires_at(),
+            user: remembered.user().to_owned(),
+        }
+    }
+
+    fn outcome(self) -> Option<Outcome> {
+        match (self.outcome, self.upstream, self.reason) {
+            (Kind::Sent, Some(upstream), _) => Some(Outcome::Sent { upstream }),
+            (Kind::Rejected, Some(upstream), _) => Some(Outcome::Rejected { upstream }),
+            (Kind::Uncertain, _, Some(reason)) => Some(Outcome::Uncertain { reason }),
+            _ => None,
+        }
+    }
 }
 
 /// Why saved state could not be used.
@@ -102,14 +143,14 @@ pub fn load(path: &Path, dedup: &Dedup) -> Result<usize, LoadError> {
         let Ok(label) = Label::parse(&entry.label) else {
             continue;
         };
-        let remembered = Remembered {
-            outcome: entry.outcome,
-            requested_at: entry.requested_at,
-            expires_at: entry.expires_at,
-            user: entry.user.into(),
+        let (requested_at, expires_at) = (entry.requested_at, entry.expires_at);
+        let user = entry.user.clone().into();
+        let Some(outcome) = entry.outcome() else {
+            continue;
         };
+        let remembered = Remembered::new(outcome, requested_at, expires_at, user);
         if !remembered.remaining().is_zero() {
-            dedup.store(label, Arc::new(remembered));
+            dedup.store(label, remembered);
             loaded += 1;
         }
     }
@@ -121,13 +162,7 @@ pub fn save(path: &Path, dedup: &Dedup) -> io::Result<usize> {
     let entries: Vec<Entry> = dedup
         .snapshot()
         .into_iter()
-        .map(|(label, remembered)| Entry {
-            label: label.as_str().to_owned(),
-            outcome: remembered.outcome.clone(),
-            requested_at: remembered.requested_at,
-            expires_at: remembered.expires_at,
-            user: remembered.user.to_string(),
-        })
+        .map(|(label, remembered)| Entry::new(&label, &remembered))
         .collect();
     let count = entries.len();
     let state = StateFile {
@@ -162,8 +197,9 @@ fn temporary_path(path: &Path) -> PathBuf {
 mod tests {
     use super::*;
     use crate::config::DedupSettings;
-    use crate::dedup::{Claim, Uncertainty};
-    use crate::upstream::{MpcAnswer, Reply, UpstreamFailure};
+    use crate::dedup::Claim;
+    use crate::upstream::{Reply, UpstreamFailure};
+    use std::sync::Arc;
     use std::time::Duration;
 
     fn dedup() -> Arc<Dedup> {
@@ -188,10 +224,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         let before = dedup();
-        let answer = MpcAnswer {
-            status: 200,
-            body: Some(serde_json::json!({"message": "queued"})),
-        };
+        let answer = MpcAnswer::with_json(200, &serde_json::json!({"message": "queued"}));
         settle(&before, "A10cnQO", Ok(Reply::Accepted(answer.clone())));
         settle(
             &before,
@@ -205,16 +238,15 @@ mod tests {
         assert_eq!(load(&path, &after).unwrap(), 2);
         let sent = after.get(&Label::parse("A10cnQO").unwrap()).unwrap();
         let original = before.get(&Label::parse("A10cnQO").unwrap()).unwrap();
-        assert_eq!(sent.outcome, Outcome::Sent { upstream: answer });
-        assert_eq!(sent.user.as_ref(), "alice");
-        // Times survive to the precision humantime writes (nanoseconds).
-        assert_eq!(sent.expires_at, original.expires_at);
+        assert_eq!(sent.outcome(), &Outcome::Sent { upstream: answer });
+        assert_eq!(sent.user(), "alice");
+        assert_eq!(sent, original);
         let uncertain = after
             .get(&Label::parse("2024-05-02T21:03:35.001_0000FzZw").unwrap())
             .unwrap();
         assert_eq!(
-            uncertain.outcome,
-            Outcome::Uncertain {
+            uncertain.outcome(),
+            &Outcome::Uncertain {
                 reason: Uncertainty::Timeout
             }
         );

@@ -66,11 +66,11 @@ fn render(label: &Label, remembered: &Remembered) -> HttpResponse {
     HttpResponse::Ok().json(RememberedLabel {
         label,
         label_kind: label.kind(),
-        outcome: &remembered.outcome,
-        requested_at: timestamp(remembered.requested_at),
-        expires_at: timestamp(remembered.expires_at),
+        outcome: remembered.outcome(),
+        requested_at: timestamp(remembered.requested_at()),
+        expires_at: timestamp(remembered.expires_at()),
         remaining_seconds: remembered.remaining().as_secs(),
-        user: &remembered.user,
+        user: remembered.user(),
     })
 }
 
@@ -101,6 +101,6 @@ pub async fn forget(
         .dedup
         .forget(&label)
         .ok_or_else(|| Problem::NotRemembered(label.to_string()))?;
-    tracing::info!(label = %label, outcome = forgotten.outcome.as_str(), "remembered outcome forgotten by an operator");
+    tracing::info!(label = %label, outcome = forgotten.outcome().as_str(), "remembered outcome forgotten by an operator");
     Ok(render(&label, &forgotten))
 }

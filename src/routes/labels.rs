@@ -32,7 +32,7 @@ pub async fn status(
         label: &label,
         label_kind: label.kind(),
         valid: true,
-        last_requested_at: remembered.as_ref().map(|r| timestamp(r.requested_at)),
-        resend_available_at: remembered.as_ref().map(|r| timestamp(r.expires_at)),
+        last_requested_at: remembered.as_ref().map(|r| timestamp(r.requested_at())),
+        resend_available_at: remembered.as_ref().map(|r| timestamp(r.expires_at())),
     }))
 }

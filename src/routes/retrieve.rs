@@ -109,7 +109,7 @@ fn answer(label: &Label, settled: Settled, via: Via) -> HttpResponse {
         (_, Err(_)) => "mpc-action-gateway; fwd=miss".to_owned(),
     };
     let mut response = match settled {
-        Ok(remembered) => match &remembered.outcome {
+        Ok(remembered) => match remembered.outcome() {
             Outcome::Sent { upstream } => sent(label, &remembered, upstream, via),
             Outcome::Rejected { upstream } => {
                 Problem::UpstreamRejected(upstream.clone()).error_response()
@@ -131,8 +131,8 @@ fn answer(label: &Label, settled: Settled, via: Via) -> HttpResponse {
 }
 
 fn sent(label: &Label, remembered: &Remembered, upstream: &MpcAnswer, via: Via) -> HttpResponse {
-    let requested_at = timestamp(remembered.requested_at);
-    let resend_available_at = timestamp(remembered.expires_at);
+    let requested_at = timestamp(remembered.requested_at());
+    let resend_available_at = timestamp(remembered.expires_at());
     let (status, message) = if via == Via::Memory {
         (
             "already_requested",
