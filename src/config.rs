@@ -342,6 +342,8 @@ pub struct LogSettings {
     pub format: LogFormat,
     /// Level and per-module filter directives.
     pub level: LogLevel,
+    /// Where the audit trail is appended; `""` for nowhere.
+    pub audit_file: OptionalPath,
 }
 
 /// How log lines are written.

@@ -41,7 +41,10 @@ pub async fn admit(
     req.extensions_mut().insert(identity.clone());
     let mut response = match admitted {
         Ok(()) => next.call(req).await?.map_into_boxed_body(),
-        Err(refusal) => refuse(req, Problem::QuotaExceeded(refusal)),
+        Err(refusal) => {
+            state.metrics.quota_rejected(refusal.limit.as_str());
+            refuse(req, Problem::QuotaExceeded(refusal))
+        }
     };
 
     let status = state

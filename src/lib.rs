@@ -1,12 +1,14 @@
 //! mpc-action-gateway: an intranet gateway in front of the Minor Planet
 //! Center's Action Codes API.
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod dedup;
 pub mod gate;
 pub mod identity;
 pub mod label;
+pub mod metrics;
 pub mod problem;
 pub mod quota;
 pub mod routes;

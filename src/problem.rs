@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::dedup::Uncertainty;
 use crate::identity::AuthError;
 use crate::label::{ACCEPTED_FORMATS, LabelError};
+use crate::metrics::{RetrievalDecision, RetrievalOutcome};
 use crate::quota::{Refusal, whole_seconds};
 use crate::upstream::MpcAnswer;
 
@@ -222,6 +223,33 @@ impl Problem {
         }
     }
 
+    /// The retrieve outcome this problem stands for, if it is one.
+    pub fn retrieval_outcome(&self) -> Option<RetrievalOutcome> {
+        Some(match self {
+            Self::MalformedRequest(_)
+            | Self::PayloadTooLarge { .. }
+            | Self::UnsupportedMediaType(_) => RetrievalOutcome::MalformedRequest,
+            Self::InvalidLabel { .. } => RetrievalOutcome::InvalidLabel,
+            Self::Unauthenticated(_) => RetrievalOutcome::Unauthenticated,
+            Self::QuotaExceeded(_) => RetrievalOutcome::QuotaExceeded,
+            Self::GatewayBusy { .. } => RetrievalOutcome::GatewayBusy,
+            Self::UpstreamRejected(_) => RetrievalOutcome::UpstreamRejected,
+            Self::UpstreamError(_)
+            | Self::UpstreamUncertain {
+                reason: Uncertainty::ConnectionLost,
+                ..
+            } => RetrievalOutcome::UpstreamError,
+            Self::UpstreamUncertain {
+                reason: Uncertainty::Timeout,
+                ..
+            } => RetrievalOutcome::UpstreamTimeout,
+            Self::NotFound(_)
+            | Self::MethodNotAllowed { .. }
+            | Self::NotRemembered(_)
+            | Self::AdminUnauthorized => return None,
+        })
+    }
+
     /// How long the caller should wait before asking again, when that is known.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -292,7 +320,19 @@ impl ResponseError for Problem {
         if let Some(wait) = self.retry_after() {
             response.insert_header((header::RETRY_AFTER, whole_seconds(wait)));
         }
-        response.body(self.to_json().to_string())
+        let mut response = response.body(self.to_json().to_string());
+        if let Some(outcome) = self.retrieval_outcome() {
+            let upstream_status = match self {
+                Self::UpstreamRejected(answer) => Some(answer.status),
+                _ => None,
+            };
+            response.extensions_mut().insert(RetrievalDecision {
+                outcome,
+                upstream_status,
+                may_have_emailed: false,
+            });
+        }
+        response
     }
 }
 

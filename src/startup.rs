@@ -11,10 +11,12 @@ use actix_web::{App, HttpServer, web};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::audit::AuditLog;
 use crate::config::Settings;
 use crate::dedup::{Dedup, persist};
 use crate::gate;
 use crate::identity::Authenticator;
+use crate::metrics::Metrics;
 use crate::quota::{Clock, MonotonicClock, Quotas};
 use crate::routes;
 use crate::routes::admin::AdminState;
@@ -37,6 +39,8 @@ pub struct AppState {
     pub quotas: Quotas,
     /// Remembered outcomes and calls in flight.
     pub dedup: Arc<Dedup>,
+    /// Every metric.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Whether the gateway is still taking work; flips once, at shutdown.
@@ -70,6 +74,17 @@ pub enum StartupError {
         /// The operating system's reason.
         source: std::io::Error,
     },
+    /// The audit file cannot be opened for appending.
+    #[error("cannot open the audit file {path} (log.audit_file): {source}")]
+    AuditFile {
+        /// The file.
+        path: String,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The metrics could not be registered (a programming error).
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// A bound, not yet running gateway: the public and admin servers.
@@ -108,6 +123,16 @@ impl Application {
         let admin_addr = local_addr("admin.listen", &admin_listener)?;
 
         let readiness = web::Data::new(Readiness::default());
+        let metrics = Arc::new(Metrics::new()?);
+        let audit_path = settings.log.audit_file.get();
+        let audit = web::Data::new(AuditLog::open(audit_path).map_err(|source| {
+            StartupError::AuditFile {
+                path: audit_path
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                source,
+            }
+        })?);
         let dedup = Dedup::new(&settings.dedup);
         let state_file = settings.dedup.state_file.get().map(ToOwned::to_owned);
         if let Some(path) = &state_file {
@@ -131,19 +156,25 @@ impl Application {
             max_body_bytes: settings.server.max_body_bytes.get(),
             authenticator: Authenticator::new(&settings.auth, &settings.quota),
             quotas: Quotas::new(clock, settings.upstream.max_per_minute),
-            dedup,
+            dedup: Arc::clone(&dedup),
+            metrics: Arc::clone(&metrics),
         });
+        let metrics_data = web::Data::from(metrics);
+        let dedup_data = web::Data::from(dedup);
         let housekeeping_state = state.clone();
         let upstream = settings.upstream.clone();
         let tls = tls_config();
+        let public_metrics = metrics_data.clone();
         let mut public = HttpServer::new(move || {
             // awc clients are not Send: one per worker thread.
-            let mpc = web::Data::new(MpcClient::new(&upstream, tls.clone()));
+            let mpc = MpcClient::new(&upstream, tls.clone(), public_metrics.clone().into_inner());
             App::new()
                 .wrap(from_fn(gate::admit))
                 .wrap(from_fn(request_context))
                 .app_data(state.clone())
-                .app_data(mpc)
+                .app_data(public_metrics.clone())
+                .app_data(audit.clone())
+                .app_data(web::Data::new(mpc))
                 .configure(routes::public)
                 .default_service(web::to(routes::not_found))
         })
@@ -166,6 +197,8 @@ impl Application {
                 .wrap(from_fn(request_context))
                 .app_data(admin_readiness.clone())
                 .app_data(admin_state.clone())
+                .app_data(metrics_data.clone())
+                .app_data(dedup_data.clone())
                 .configure(routes::admin)
                 .default_service(web::to(routes::not_found))
         })

@@ -1,17 +1,23 @@
 //! Logging set-up, request ids, and the per-request span and log line.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use actix_web::HttpMessage;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
+use actix_web::{HttpMessage, web};
 use tracing::Subscriber;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
+use crate::audit::{AuditEntry, AuditLog};
 use crate::config::{LogFormat, LogSettings};
+use crate::identity::Identity;
+use crate::label::{Label, LabelKind};
+use crate::metrics::{Metrics, RetrievalDecision};
+use crate::routes::RETRIEVE_ROUTE;
 
 /// Header carrying the request id, in and out.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -100,8 +106,10 @@ pub async fn request_context(
         route = %route,
         user = tracing::field::Empty,
         label_kind = tracing::field::Empty,
+        outcome = tracing::field::Empty,
     );
     req.extensions_mut().insert(request_id.clone());
+    let method = req.method().clone();
 
     // Handlers and extractors turn their errors into responses; only a failing
     // middleware below this one could return `Err`, and none does.
@@ -113,7 +121,16 @@ pub async fn request_context(
     }
 
     let status = response.status().as_u16();
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed();
+    observe(
+        &response,
+        &route,
+        &method,
+        request_id.as_str(),
+        elapsed,
+        &span,
+    );
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
     span.in_scope(|| {
         if response.status().is_server_error() {
             tracing::warn!(status, latency_ms, "request finished");
@@ -122,6 +139,51 @@ pub async fn request_context(
         }
     });
     Ok(response)
+}
+
+/// Metrics for every request; for retrieve requests also the outcome, on
+/// the span and in the audit trail.
+fn observe(
+    response: &ServiceResponse<BoxBody>,
+    route: &str,
+    method: &Method,
+    request_id: &str,
+    elapsed: Duration,
+    span: &tracing::Span,
+) {
+    let request = response.request();
+    let Some(metrics) = request.app_data::<web::Data<Metrics>>() else {
+        return;
+    };
+    metrics.observe_http(route, method, response.status().as_u16(), elapsed);
+    if route != RETRIEVE_ROUTE {
+        return;
+    }
+    let Some(decision) = response
+        .response()
+        .extensions()
+        .get::<RetrievalDecision>()
+        .copied()
+    else {
+        return;
+    };
+    let extensions = request.extensions();
+    let label = extensions.get::<Label>();
+    let kind = label.map(Label::kind);
+    metrics.count_retrieval(decision.outcome, kind);
+    span.record("outcome", decision.outcome.as_str());
+    if let Some(audit) = request.app_data::<web::Data<AuditLog>>() {
+        audit.record(&AuditEntry {
+            timestamp: AuditEntry::now(),
+            request_id,
+            user: extensions.get::<Identity>().map(Identity::user),
+            label: label.map(Label::as_str),
+            label_kind: kind.map_or("none", LabelKind::as_str),
+            outcome: decision.outcome.as_str(),
+            upstream_status: decision.upstream_status,
+            email_may_have_been_triggered: decision.may_have_emailed,
+        });
+    }
 }
 
 #[cfg(test)]

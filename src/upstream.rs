@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 
 use crate::config::UpstreamSettings;
 use crate::label::Label;
+use crate::metrics::Metrics;
 
 /// Largest MPC body kept; the real answers are a few hundred bytes.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -72,6 +73,14 @@ pub enum UpstreamFailure {
 }
 
 impl UpstreamFailure {
+    /// The MPC's answer, when it gave one.
+    pub fn answer(&self) -> Option<&MpcAnswer> {
+        match self {
+            Self::ServerError(answer) | Self::UnexpectedStatus(answer) => Some(answer),
+            _ => None,
+        }
+    }
+
     /// Whether the MPC may have sent an email despite the failure.
     pub fn may_have_sent(&self) -> bool {
         matches!(self, Self::Timeout(_) | Self::ConnectionLost(_))
@@ -95,6 +104,7 @@ pub struct MpcClient {
     http: awc::Client,
     url: String,
     timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Serialize)]
@@ -104,7 +114,11 @@ struct RetrieveBody<'a> {
 
 impl MpcClient {
     /// Builds a client from settings and the shared TLS configuration.
-    pub fn new(settings: &UpstreamSettings, tls: Arc<rustls::ClientConfig>) -> Self {
+    pub fn new(
+        settings: &UpstreamSettings,
+        tls: Arc<rustls::ClientConfig>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let connector = awc::Connector::new()
             .timeout(settings.connect_timeout)
             .handshake_timeout(settings.connect_timeout)
@@ -121,12 +135,14 @@ impl MpcClient {
             http,
             url: settings.retrieve_url().to_string(),
             timeout: settings.timeout,
+            metrics,
         }
     }
 
     /// Asks the MPC to email the action code for `label`.
     pub async fn retrieve(&self, label: &Label) -> Result<Reply, UpstreamFailure> {
         let started = Instant::now();
+        let call = self.metrics.upstream_call();
         let deadline = tokio::time::Instant::from_std(started + self.timeout);
         let request = self
             .http
@@ -161,6 +177,7 @@ impl MpcClient {
                 classify_status(MpcAnswer { status, body })
             }
         };
+        call.finish(&result);
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             result = %describe(&result),

@@ -3,6 +3,8 @@
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 
+use crate::dedup::Dedup;
+use crate::metrics::Metrics;
 use crate::startup::Readiness;
 
 /// `GET /healthz`: the process is alive and serving.
@@ -17,4 +19,12 @@ pub async fn readyz(readiness: web::Data<Readiness>) -> HttpResponse {
     } else {
         HttpResponse::Ok().json(json!({"status": "ready"}))
     }
+}
+
+/// `GET /metrics`: every metric in the Prometheus text format.
+pub async fn metrics(metrics: web::Data<Metrics>, dedup: web::Data<Dedup>) -> HttpResponse {
+    metrics.set_dedup_entries(dedup.len());
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(metrics.render())
 }

@@ -12,10 +12,13 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::problem::Problem;
 
+/// The retrieve endpoint, the MPC's own path.
+pub const RETRIEVE_ROUTE: &str = "/api/action-codes/retrieve";
+
 /// Routes of the public listener.
 pub fn public(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource("/api/action-codes/retrieve")
+        web::resource(RETRIEVE_ROUTE)
             .route(web::post().to(retrieve::retrieve))
             .default_service(web::to(|| method_not_allowed("POST"))),
     )
@@ -36,6 +39,11 @@ pub fn admin(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/readyz")
             .route(web::get().to(health::readyz))
+            .default_service(web::to(|| method_not_allowed("GET"))),
+    )
+    .service(
+        web::resource("/metrics")
+            .route(web::get().to(health::metrics))
             .default_service(web::to(|| method_not_allowed("GET"))),
     )
     .service(

@@ -5,9 +5,10 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
-use crate::dedup::{Claim, Outcome, Remembered, Settled};
+use crate::dedup::{Claim, Outcome, Remembered, Settled, Uncertainty};
 use crate::identity::Identity;
 use crate::label::{Label, LabelKind};
+use crate::metrics::{RetrievalDecision, RetrievalOutcome};
 use crate::problem::Problem;
 use crate::routes::timestamp;
 use crate::startup::AppState;
@@ -63,6 +64,7 @@ pub async fn retrieve(
         error,
     })?;
     tracing::Span::current().record("label_kind", label.kind().as_str());
+    req.extensions_mut().insert(label.clone());
 
     loop {
         match state.dedup.claim(&label) {
@@ -99,6 +101,7 @@ pub async fn retrieve(
 
 /// Renders a remembered or fresh outcome, with its `Cache-Status`.
 fn answer(label: &Label, settled: Settled, via: Via) -> HttpResponse {
+    let decision = decide(&settled, via);
     let cache_status = match (via, &settled) {
         (Via::Memory, Ok(remembered)) => format!(
             "mpc-action-gateway; hit; ttl={}",
@@ -127,7 +130,45 @@ fn answer(label: &Label, settled: Settled, via: Via) -> HttpResponse {
             .headers_mut()
             .insert(HeaderName::from_static(CACHE_STATUS), value);
     }
+    response.extensions_mut().insert(decision);
     response
+}
+
+/// What the request came to: any answer from memory counts as deduplicated,
+/// any shared one as coalesced; only the caller that led the call may have
+/// made the MPC send an email.
+fn decide(settled: &Settled, via: Via) -> RetrievalDecision {
+    let (outcome, upstream_status, may_have_emailed) = match settled {
+        Ok(remembered) => match remembered.outcome() {
+            Outcome::Sent { upstream } => (RetrievalOutcome::Sent, Some(upstream.status), true),
+            Outcome::Rejected { upstream } => (
+                RetrievalOutcome::UpstreamRejected,
+                Some(upstream.status),
+                false,
+            ),
+            Outcome::Uncertain {
+                reason: Uncertainty::Timeout,
+            } => (RetrievalOutcome::UpstreamTimeout, None, true),
+            Outcome::Uncertain {
+                reason: Uncertainty::ConnectionLost,
+            } => (RetrievalOutcome::UpstreamError, None, true),
+        },
+        Err(failure) => (
+            RetrievalOutcome::UpstreamError,
+            failure.answer().map(|answer| answer.status),
+            false,
+        ),
+    };
+    let outcome = match via {
+        Via::Forwarded => outcome,
+        Via::Memory => RetrievalOutcome::Deduplicated,
+        Via::Collapsed => RetrievalOutcome::Coalesced,
+    };
+    RetrievalDecision {
+        outcome,
+        upstream_status,
+        may_have_emailed: may_have_emailed && via == Via::Forwarded,
+    }
 }
 
 fn sent(label: &Label, remembered: &Remembered, upstream: &MpcAnswer, via: Via) -> HttpResponse {
@@ -167,9 +208,13 @@ fn charge_upstream(state: &AppState, identity: &Identity) -> Result<(), Problem>
     let quotas = &state.quotas;
     quotas
         .admit_upstream(identity.user(), identity.tier())
-        .map_err(Problem::QuotaExceeded)?;
+        .map_err(|refusal| {
+            state.metrics.quota_rejected(refusal.limit.as_str());
+            Problem::QuotaExceeded(refusal)
+        })?;
     quotas.admit_budget().map_err(|retry_after| {
         quotas.refund_upstream(identity.user(), identity.tier());
+        state.metrics.quota_rejected("max_per_minute");
         tracing::warn!("courtesy budget towards the MPC is spent");
         Problem::GatewayBusy { retry_after }
     })

@@ -1,0 +1,428 @@
+//! Prometheus metrics on an owned registry. Every label value is drawn from a
+//! fixed set (route templates, outcomes, kinds, results): no user, key or
+//! label value ever becomes a series.
+
+use std::time::{Duration, Instant};
+
+use actix_web::http::Method;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::label::LabelKind;
+use crate::upstream::{Reply, UpstreamFailure};
+
+/// What became of one retrieve request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetrievalOutcome {
+    /// This request's MPC call was accepted.
+    Sent,
+    /// Answered from a remembered outcome, whatever it was.
+    Deduplicated,
+    /// Waited for a concurrent identical request's call.
+    Coalesced,
+    /// 422.
+    InvalidLabel,
+    /// 400, 413, 415.
+    MalformedRequest,
+    /// 401.
+    Unauthenticated,
+    /// 429.
+    QuotaExceeded,
+    /// The MPC refused the label.
+    UpstreamRejected,
+    /// The MPC failed, or the connection broke.
+    UpstreamError,
+    /// The MPC did not answer in time.
+    UpstreamTimeout,
+    /// The circuit breaker refused to call the MPC.
+    CircuitOpen,
+    /// The courtesy budget was spent.
+    GatewayBusy,
+}
+
+impl RetrievalOutcome {
+    /// Every outcome, for series exported at 0 from start-up.
+    pub const ALL: [Self; 12] = [
+        Self::Sent,
+        Self::Deduplicated,
+        Self::Coalesced,
+        Self::InvalidLabel,
+        Self::MalformedRequest,
+        Self::Unauthenticated,
+        Self::QuotaExceeded,
+        Self::UpstreamRejected,
+        Self::UpstreamError,
+        Self::UpstreamTimeout,
+        Self::CircuitOpen,
+        Self::GatewayBusy,
+    ];
+
+    /// The `outcome` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::Deduplicated => "deduplicated",
+            Self::Coalesced => "coalesced",
+            Self::InvalidLabel => "invalid_label",
+            Self::MalformedRequest => "malformed_request",
+            Self::Unauthenticated => "unauthenticated",
+            Self::QuotaExceeded => "quota_exceeded",
+            Self::UpstreamRejected => "upstream_rejected",
+            Self::UpstreamError => "upstream_error",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::CircuitOpen => "circuit_open",
+            Self::GatewayBusy => "gateway_busy",
+        }
+    }
+}
+
+/// What a retrieve request came to, for its metrics and its audit line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetrievalDecision {
+    /// The outcome.
+    pub outcome: RetrievalOutcome,
+    /// The MPC's status, when an MPC answer was involved.
+    pub upstream_status: Option<u16>,
+    /// Whether this request may have made the MPC send an email.
+    pub may_have_emailed: bool,
+}
+
+/// The `result` label of an MPC call.
+pub fn upstream_result(result: &Result<Reply, UpstreamFailure>) -> &'static str {
+    match result {
+        Ok(Reply::Accepted(_)) => "2xx",
+        Ok(Reply::Rejected(_)) => "4xx",
+        Err(UpstreamFailure::ServerError(_)) => "5xx",
+        Err(UpstreamFailure::UnexpectedStatus(_)) => "other_status",
+        Err(UpstreamFailure::Timeout(_)) => "timeout",
+        Err(UpstreamFailure::NotConnected(_)) => "connect_error",
+        Err(UpstreamFailure::ConnectionLost(_)) => "connection_lost",
+    }
+}
+
+const UPSTREAM_RESULTS: [&str; 7] = [
+    "2xx",
+    "4xx",
+    "5xx",
+    "other_status",
+    "timeout",
+    "connect_error",
+    "connection_lost",
+];
+
+/// The `limit` label values of `quota_rejections_total`.
+pub const QUOTA_LIMITS: [&str; 3] = ["requests_per_minute", "upstream_per_hour", "max_per_minute"];
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    retrievals: IntCounterVec,
+    upstream_requests: IntCounterVec,
+    upstream_duration: Histogram,
+    upstream_in_flight: IntGauge,
+    dedup_entries: IntGauge,
+    quota_rejections: IntCounterVec,
+    circuit_breaker_state: IntGauge,
+}
+
+impl Metrics {
+    /// Registers every metric, with known series at 0.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "mpc_gateway_http_requests_total",
+                "HTTP requests answered, by route template, method and status.",
+            ),
+            &["route", "method", "status"],
+        )?;
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "mpc_gateway_http_request_duration_seconds",
+                "Time to answer HTTP requests, by route template.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+            &["route"],
+        )?;
+        let retrievals = IntCounterVec::new(
+            Opts::new(
+                "mpc_gateway_retrievals_total",
+                "Retrieve requests by outcome and label kind.",
+            ),
+            &["outcome", "label_kind"],
+        )?;
+        let upstream_requests = IntCounterVec::new(
+            Opts::new(
+                "mpc_gateway_upstream_requests_total",
+                "Calls to the MPC by result.",
+            ),
+            &["result"],
+        )?;
+        let upstream_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "mpc_gateway_upstream_request_duration_seconds",
+                "Time the MPC took to answer (or to fail).",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0,
+            ]),
+        )?;
+        let upstream_in_flight = IntGauge::new(
+            "mpc_gateway_upstream_in_flight",
+            "Calls to the MPC under way.",
+        )?;
+        let dedup_entries = IntGauge::new(
+            "mpc_gateway_dedup_entries",
+            "Labels whose outcome is remembered.",
+        )?;
+        let quota_rejections = IntCounterVec::new(
+            Opts::new(
+                "mpc_gateway_quota_rejections_total",
+                "Requests refused by a limit.",
+            ),
+            &["limit"],
+        )?;
+        let circuit_breaker_state = IntGauge::new(
+            "mpc_gateway_circuit_breaker_state",
+            "Circuit breaker towards the MPC: 0 closed, 1 half-open, 2 open.",
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("mpc_gateway_build_info", "The gateway's version; always 1."),
+            &["version"],
+        )?;
+
+        registry.register(Box::new(http_requests.clone()))?;
+        registry.register(Box::new(http_duration.clone()))?;
+        registry.register(Box::new(retrievals.clone()))?;
+        registry.register(Box::new(upstream_requests.clone()))?;
+        registry.register(Box::new(upstream_duration.clone()))?;
+        registry.register(Box::new(upstream_in_flight.clone()))?;
+        registry.register(Box::new(dedup_entries.clone()))?;
+        registry.register(Box::new(quota_rejections.clone()))?;
+        registry.register(Box::new(circuit_breaker_state.clone()))?;
+        registry.register(Box::new(build_info.clone()))?;
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let kinds = LabelKind::ALL
+            .iter()
+            .map(|kind| kind.as_str())
+            .chain(["none"]);
+        for kind in kinds {
+            for outcome in RetrievalOutcome::ALL {
+                retrievals.with_label_values(&[outcome.as_str(), kind]);
+            }
+        }
+        for result in UPSTREAM_RESULTS {
+            upstream_requests.with_label_values(&[result]);
+        }
+        for limit in QUOTA_LIMITS {
+            quota_rejections.with_label_values(&[limit]);
+        }
+
+        Ok(Self {
+            registry,
+            http_requests,
+            http_duration,
+            retrievals,
+            upstream_requests,
+            upstream_duration,
+            upstream_in_flight,
+            dedup_entries,
+            quota_rejections,
+            circuit_breaker_state,
+        })
+    }
+
+    /// Counts and times one answered HTTP request.
+    pub fn observe_http(&self, route: &str, method: &Method, status: u16, elapsed: Duration) {
+        self.http_requests
+            .with_label_values(&[route, method_label(method), status_label(status)])
+            .inc();
+        self.http_duration
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one retrieve request's outcome.
+    pub fn count_retrieval(&self, outcome: RetrievalOutcome, kind: Option<LabelKind>) {
+        let kind = kind.map_or("none", LabelKind::as_str);
+        self.retrievals
+            .with_label_values(&[outcome.as_str(), kind])
+            .inc();
+    }
+
+    /// Counts a refusal by `limit` (one of [`QUOTA_LIMITS`]).
+    pub fn quota_rejected(&self, limit: &'static str) {
+        self.quota_rejections.with_label_values(&[limit]).inc();
+    }
+
+    /// Marks an MPC call as started; the guard ends it, also when cancelled.
+    pub fn upstream_call(&self) -> UpstreamCall<'_> {
+        self.upstream_in_flight.inc();
+        UpstreamCall {
+            metrics: self,
+            started: Instant::now(),
+        }
+    }
+
+    /// Sets the remembered-outcome count.
+    pub fn set_dedup_entries(&self, count: u64) {
+        self.dedup_entries
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the breaker state: 0 closed, 1 half-open, 2 open.
+    pub fn set_circuit_breaker_state(&self, state: i64) {
+        self.circuit_breaker_state.set(state);
+    }
+
+    /// Everything in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(error) = encoder.encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!(%error, "cannot encode metrics");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+/// An MPC call under way, counted in `upstream_in_flight` until dropped.
+pub struct UpstreamCall<'a> {
+    metrics: &'a Metrics,
+    started: Instant,
+}
+
+impl UpstreamCall<'_> {
+    /// Records the call's result and duration.
+    pub fn finish(self, result: &Result<Reply, UpstreamFailure>) {
+        self.metrics
+            .upstream_requests
+            .with_label_values(&[upstream_result(result)])
+            .inc();
+        self.metrics
+            .upstream_duration
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for UpstreamCall<'_> {
+    fn drop(&mut self) {
+        self.metrics.upstream_in_flight.dec();
+    }
+}
+
+/// Methods outside the usual few share one value, so clients cannot mint series.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
+fn status_label(status: u16) -> &'static str {
+    const CODES: [(u16, &str); 20] = [
+        (200, "200"),
+        (201, "201"),
+        (204, "204"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (405, "405"),
+        (408, "408"),
+        (409, "409"),
+        (413, "413"),
+        (415, "415"),
+        (422, "422"),
+        (429, "429"),
+        (431, "431"),
+        (500, "500"),
+        (502, "502"),
+        (503, "503"),
+        (504, "504"),
+        (410, "410"),
+    ];
+    CODES
+        .iter()
+        .find(|(code, _)| *code == status)
+        .map_or_else(|| status_class(status), |(_, text)| text)
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_series_are_exported_at_zero() {
+        let metrics = Metrics::new().unwrap();
+        let text = metrics.render();
+        assert!(text.contains(
+            "mpc_gateway_retrievals_total{label_kind=\"none\",outcome=\"gateway_busy\"} 0"
+        ));
+        assert!(text.contains(
+            "mpc_gateway_retrievals_total{label_kind=\"submission_block_id\",outcome=\"sent\"} 0"
+        ));
+        assert!(text.contains("mpc_gateway_upstream_requests_total{result=\"connection_lost\"} 0"));
+        assert!(text.contains("mpc_gateway_quota_rejections_total{limit=\"upstream_per_hour\"} 0"));
+        assert!(text.contains(&format!(
+            "mpc_gateway_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
+        assert!(text.contains("mpc_gateway_circuit_breaker_state 0"));
+    }
+
+    #[test]
+    fn in_flight_returns_to_zero_even_when_a_call_is_dropped() {
+        let metrics = Metrics::new().unwrap();
+        let call = metrics.upstream_call();
+        assert_eq!(metrics.upstream_in_flight.get(), 1);
+        drop(call);
+        assert_eq!(metrics.upstream_in_flight.get(), 0);
+        metrics
+            .upstream_call()
+            .finish(&Err(UpstreamFailure::Timeout(Duration::from_secs(1))));
+        assert_eq!(metrics.upstream_in_flight.get(), 0);
+        assert!(
+            metrics
+                .render()
+                .contains("mpc_gateway_upstream_requests_total{result=\"timeout\"} 1")
+        );
+    }
+
+    #[test]
+    fn client_chosen_methods_and_statuses_stay_bounded() {
+        assert_eq!(method_label(&Method::from_bytes(b"BREW").unwrap()), "other");
+        assert_eq!(status_label(418), "4xx");
+        assert_eq!(status_label(422), "422");
+    }
+}
