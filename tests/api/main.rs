@@ -7,6 +7,7 @@ mod helpers;
 mod identity;
 mod labels;
 mod logging;
+mod observability;
 mod quota;
 mod retrieve;
 mod robustness;
