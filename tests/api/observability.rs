@@ -289,24 +289,15 @@ async fn the_audit_trail_has_one_line_per_decision() {
     .await;
     mpc_answers(&app, 200, json!({}), 1).await;
 
-    let steps: [(&str, &str, &[(&str, &str)]); 4] = [
-        (
-            "audit-1",
-            "2024-05-02T21:03:35.001_0000FzZw",
-            &[("x-api-key", "alice-key")],
-        ),
-        (
-            "audit-2",
-            "2024-05-02T21:03:35.001_0000FzZw",
-            &[("x-api-key", "bob-key")],
-        ),
-        ("audit-3", "not a label", &[("x-api-key", "bob-key")]),
-        ("audit-4", "A10cnQO", &[("x-api-key", "wrong-key")]),
+    let steps = [
+        ("audit-1", "2024-05-02T21:03:35.001_0000FzZw", "alice-key"),
+        ("audit-2", "2024-05-02T21:03:35.001_0000FzZw", "bob-key"),
+        ("audit-3", "not a label", "bob-key"),
+        ("audit-4", "A10cnQO", "wrong-key"),
     ];
-    for (id, label, headers) in steps {
-        let mut headers = headers.to_vec();
-        headers.push(("x-request-id", id));
-        app.retrieve_with(label, &headers).await;
+    for (id, label, key) in steps {
+        app.retrieve_with(label, &[("x-api-key", key), ("x-request-id", id)])
+            .await;
     }
     // Other routes are no retrieve decisions.
     app.label_status_with("A10cnQO", &[("x-api-key", "bob-key")])
