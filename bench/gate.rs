@@ -9,9 +9,10 @@ use std::sync::Arc;
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use criterion::{Criterion, criterion_group, criterion_main};
+use mpc_action_gateway::clock::MonotonicClock;
 use mpc_action_gateway::config::Settings;
 use mpc_action_gateway::identity::{Authenticator, key_digest};
-use mpc_action_gateway::quota::{MonotonicClock, Quotas};
+use mpc_action_gateway::quota::Quotas;
 
 const TRACKED_USERS: u32 = 10_000;
 const KEYS: usize = 20;

@@ -156,6 +156,13 @@ pub struct UpstreamSettings {
     pub timeout: Duration,
     /// User-Agent template; `{version}` is replaced by the crate version.
     pub user_agent: String,
+    /// Most MPC calls under way at once.
+    pub max_concurrent: NonZeroUsize,
+    /// Consecutive failures that open the breaker.
+    pub breaker_failures: NonZeroU32,
+    /// How long the breaker stays open before a probe.
+    #[serde(with = "humantime_serde")]
+    pub breaker_open_for: Duration,
     /// Gateway-wide MPC calls per minute (GCRA, burst of the same size).
     pub max_per_minute: NonZeroU32,
 }
@@ -491,6 +498,7 @@ impl Settings {
             ));
         }
         for (key, ttl) in [
+            ("upstream.breaker_open_for", upstream.breaker_open_for),
             ("dedup.sent_ttl", self.dedup.sent_ttl),
             ("dedup.rejected_ttl", self.dedup.rejected_ttl),
             ("dedup.uncertain_ttl", self.dedup.uncertain_ttl),
@@ -709,6 +717,21 @@ mod tests {
             ("MPC_GATEWAY__LOG__FORMAT", "xml", "log.format"),
             ("MPC_GATEWAY__DEDUP__SENT_TTL", "0s", "dedup.sent_ttl"),
             ("MPC_GATEWAY__DEDUP__MAX_ENTRIES", "0", "dedup.max_entries"),
+            (
+                "MPC_GATEWAY__UPSTREAM__MAX_CONCURRENT",
+                "0",
+                "upstream.max_concurrent",
+            ),
+            (
+                "MPC_GATEWAY__UPSTREAM__BREAKER_FAILURES",
+                "none",
+                "upstream.breaker_failures",
+            ),
+            (
+                "MPC_GATEWAY__UPSTREAM__BREAKER_OPEN_FOR",
+                "0s",
+                "upstream.breaker_open_for",
+            ),
             (
                 "MPC_GATEWAY__ADMIN__TOKEN_SHA256",
                 "abc",

@@ -47,6 +47,15 @@ pub enum Problem {
     /// A per-user limit refused the request.
     #[error("quota exceeded: {}", .0.limit.as_str())]
     QuotaExceeded(Refusal),
+    /// The circuit breaker is open: nothing is sent to the MPC for now.
+    #[error("circuit open")]
+    CircuitOpen {
+        /// When the breaker lets a probe through.
+        retry_after: Duration,
+    },
+    /// The request body did not arrive in time.
+    #[error("request body timeout")]
+    BodyTimeout,
     /// The gateway-wide MPC budget is spent.
     #[error("gateway busy")]
     GatewayBusy {
@@ -96,6 +105,8 @@ impl Problem {
             Self::Unauthenticated(_) => "urn:mpc-gateway:unauthenticated",
             Self::QuotaExceeded(_) => "urn:mpc-gateway:quota-exceeded",
             Self::GatewayBusy { .. } => "urn:mpc-gateway:gateway-busy",
+            Self::CircuitOpen { .. } => "urn:mpc-gateway:upstream-circuit-open",
+            Self::BodyTimeout => "urn:mpc-gateway:request-timeout",
             Self::UpstreamRejected(_) => "urn:mpc-gateway:upstream-rejected",
             Self::UpstreamError(_)
             | Self::UpstreamUncertain {
@@ -121,6 +132,8 @@ impl Problem {
             Self::Unauthenticated(_) => "Unauthenticated",
             Self::QuotaExceeded(_) => "Quota exceeded",
             Self::GatewayBusy { .. } => "Gateway busy",
+            Self::CircuitOpen { .. } => "The MPC is failing; calls are paused",
+            Self::BodyTimeout => "Request body too slow",
             Self::UpstreamRejected(_) => "The MPC rejected the request",
             Self::UpstreamError(_) => "The MPC could not be used",
             Self::UpstreamUncertain {
@@ -164,6 +177,13 @@ impl Problem {
                  Try again in {} s.",
                 whole_seconds(*retry_after)
             ),
+            Self::CircuitOpen { retry_after } => format!(
+                "Recent calls to the MPC failed one after another, so the gateway is not \
+                 calling it for now; nothing was sent. Try again in {} s. Labels already \
+                 requested are still answered.",
+                whole_seconds(*retry_after)
+            ),
+            Self::BodyTimeout => "The request body did not arrive in time.".to_owned(),
             Self::UpstreamRejected(answer) => format!(
                 "The MPC answered {} for this label, so no action code was sent; \
                  check that the label belongs to a submission from this observatory.",
@@ -233,6 +253,8 @@ impl Problem {
             Self::Unauthenticated(_) => RetrievalOutcome::Unauthenticated,
             Self::QuotaExceeded(_) => RetrievalOutcome::QuotaExceeded,
             Self::GatewayBusy { .. } => RetrievalOutcome::GatewayBusy,
+            Self::CircuitOpen { .. } => RetrievalOutcome::CircuitOpen,
+            Self::BodyTimeout => RetrievalOutcome::MalformedRequest,
             Self::UpstreamRejected(_) => RetrievalOutcome::UpstreamRejected,
             Self::UpstreamError(_)
             | Self::UpstreamUncertain {
@@ -254,9 +276,9 @@ impl Problem {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::QuotaExceeded(refusal) => Some(refusal.retry_after),
-            Self::GatewayBusy { retry_after } | Self::UpstreamUncertain { retry_after, .. } => {
-                Some(*retry_after)
-            }
+            Self::GatewayBusy { retry_after }
+            | Self::CircuitOpen { retry_after }
+            | Self::UpstreamUncertain { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }
@@ -282,7 +304,8 @@ impl ResponseError for Problem {
             Self::InvalidLabel { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::GatewayBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::GatewayBusy { .. } | Self::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UpstreamRejected(answer) => StatusCode::from_u16(answer.status)
                 .ok()
                 .filter(StatusCode::is_client_error)
@@ -376,6 +399,10 @@ mod tests {
                 retry_after: Duration::from_secs(120),
             },
             Problem::NotRemembered("A10cnQO".into()),
+            Problem::CircuitOpen {
+                retry_after: Duration::from_secs(30),
+            },
+            Problem::BodyTimeout,
             Problem::AdminUnauthorized,
             Problem::NotFound("/x".into()),
             Problem::MethodNotAllowed { allow: "POST" },

@@ -12,16 +12,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::audit::AuditLog;
+use crate::clock::{Clock, MonotonicClock};
 use crate::config::Settings;
 use crate::dedup::{Dedup, persist};
 use crate::gate;
 use crate::identity::Authenticator;
 use crate::metrics::Metrics;
-use crate::quota::{Clock, MonotonicClock, Quotas};
+use crate::quota::Quotas;
 use crate::routes;
 use crate::routes::admin::AdminState;
 use crate::telemetry::request_context;
+use crate::upstream::breaker::Breaker;
 use crate::upstream::{MpcClient, tls_config};
+use tokio::sync::Semaphore;
+
+/// Longest a client may take to send its request head (slow-loris guard).
+const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long an idle keep-alive connection is kept open.
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// How often idle users' limiter state is dropped.
 const QUOTA_HOUSEKEEPING: Duration = Duration::from_secs(60);
@@ -41,6 +50,12 @@ pub struct AppState {
     pub dedup: Arc<Dedup>,
     /// Every metric.
     pub metrics: Arc<Metrics>,
+    /// Stops calling a failing MPC.
+    pub breaker: Arc<Breaker>,
+    /// One permit per MPC call allowed under way (`upstream.max_concurrent`).
+    pub mpc_slots: Arc<Semaphore>,
+    /// Longest wait for the MPC, a free call slot included.
+    pub upstream_timeout: Duration,
 }
 
 /// Whether the gateway is still taking work; flips once, at shutdown.
@@ -155,10 +170,18 @@ impl Application {
         let state = web::Data::new(AppState {
             max_body_bytes: settings.server.max_body_bytes.get(),
             authenticator: Authenticator::new(&settings.auth, &settings.quota),
-            quotas: Quotas::new(clock, settings.upstream.max_per_minute),
+            quotas: Quotas::new(clock.clone(), settings.upstream.max_per_minute),
             dedup: Arc::clone(&dedup),
             metrics: Arc::clone(&metrics),
+            breaker: Breaker::new(
+                clock,
+                settings.upstream.breaker_failures.get(),
+                settings.upstream.breaker_open_for,
+            ),
+            mpc_slots: Arc::new(Semaphore::new(settings.upstream.max_concurrent.get())),
+            upstream_timeout: settings.upstream.timeout,
         });
+        let breaker_data = web::Data::from(Arc::clone(&state.breaker));
         let metrics_data = web::Data::from(metrics);
         let dedup_data = web::Data::from(dedup);
         let housekeeping_state = state.clone();
@@ -178,7 +201,11 @@ impl Application {
                 .configure(routes::public)
                 .default_service(web::to(routes::not_found))
         })
-        .disable_signals();
+        .disable_signals()
+        .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+        .client_disconnect_timeout(Duration::from_secs(1))
+        .keep_alive(KEEP_ALIVE)
+        .shutdown_timeout(shutdown_timeout(&settings));
         if settings.server.workers > 0 {
             public = public.workers(settings.server.workers);
         }
@@ -199,6 +226,7 @@ impl Application {
                 .app_data(admin_state.clone())
                 .app_data(metrics_data.clone())
                 .app_data(dedup_data.clone())
+                .app_data(breaker_data.clone())
                 .configure(routes::admin)
                 .default_service(web::to(routes::not_found))
         })
@@ -325,6 +353,11 @@ async fn save(path: std::path::PathBuf, dedup: Arc<Dedup>) {
         Ok(Err(error)) => tracing::error!(path = %shown, %error, "cannot write the state file"),
         Err(error) => tracing::error!(path = %shown, %error, "state file writer failed"),
     }
+}
+
+/// Seconds a stopping worker waits for its requests: long enough for an MPC call.
+fn shutdown_timeout(settings: &Settings) -> u64 {
+    settings.upstream.timeout.as_secs() + 5
 }
 
 fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartupError> {

@@ -6,24 +6,33 @@ use serde_json::json;
 use crate::dedup::Dedup;
 use crate::metrics::Metrics;
 use crate::startup::Readiness;
+use crate::upstream::breaker::Breaker;
 
 /// `GET /healthz`: the process is alive and serving.
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: 200 while serving, 503 once shutdown has begun.
-pub async fn readyz(readiness: web::Data<Readiness>) -> HttpResponse {
+/// `GET /readyz`: 200 while serving (an open breaker included: remembered
+/// answers still work), 503 once shutdown has begun; reports the breaker.
+pub async fn readyz(readiness: web::Data<Readiness>, breaker: web::Data<Breaker>) -> HttpResponse {
+    let breaker = breaker.state().as_str();
     if readiness.is_shutting_down() {
-        HttpResponse::ServiceUnavailable().json(json!({"status": "shutting_down"}))
+        HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "shutting_down", "breaker": breaker}))
     } else {
-        HttpResponse::Ok().json(json!({"status": "ready"}))
+        HttpResponse::Ok().json(json!({"status": "ready", "breaker": breaker}))
     }
 }
 
 /// `GET /metrics`: every metric in the Prometheus text format.
-pub async fn metrics(metrics: web::Data<Metrics>, dedup: web::Data<Dedup>) -> HttpResponse {
+pub async fn metrics(
+    metrics: web::Data<Metrics>,
+    dedup: web::Data<Dedup>,
+    breaker: web::Data<Breaker>,
+) -> HttpResponse {
     metrics.set_dedup_entries(dedup.len());
+    metrics.set_circuit_breaker_state(breaker.state().gauge());
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(metrics.render())

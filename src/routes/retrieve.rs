@@ -1,5 +1,8 @@
 //! `POST /api/action-codes/retrieve`: the MPC's own request, checked and forwarded.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
 use serde::{Deserialize, Serialize};
@@ -13,6 +16,9 @@ use crate::problem::Problem;
 use crate::routes::timestamp;
 use crate::startup::AppState;
 use crate::upstream::{MpcAnswer, MpcClient};
+
+/// Longest a client may take to send its (small) body once the head is in.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Header telling caches and people where an answer came from (RFC 9211).
 pub const CACHE_STATUS: &str = "cache-status";
@@ -78,7 +84,28 @@ pub async fn retrieve(
                 // The leader was refused before calling the MPC: claim again.
             }
             Claim::Lead(lease) => {
+                let permit = state
+                    .breaker
+                    .admit()
+                    .map_err(|retry_after| Problem::CircuitOpen { retry_after })?;
                 charge_upstream(&state, &identity)?;
+                let slot = tokio::time::timeout(
+                    state.upstream_timeout,
+                    Arc::clone(&state.mpc_slots).acquire_owned(),
+                )
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .ok_or_else(|| {
+                    // Nothing was sent: the caller's unit is given back.
+                    state
+                        .quotas
+                        .refund_upstream(identity.user(), identity.tier());
+                    tracing::warn!("every MPC call slot stayed busy");
+                    Problem::GatewayBusy {
+                        retry_after: Duration::from_secs(1),
+                    }
+                })?;
                 let user = identity.shared_user();
                 let mpc = mpc.into_inner();
                 // Its own task: a caller that disconnects cannot cancel the
@@ -86,6 +113,8 @@ pub async fn retrieve(
                 let call = actix_web::rt::spawn(
                     async move {
                         let result = mpc.retrieve(lease.label()).await;
+                        drop(slot);
+                        permit.record(&result);
                         lease.settle(result, user)
                     }
                     .instrument(tracing::Span::current()),
@@ -260,12 +289,14 @@ async fn read_body(
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(Problem::PayloadTooLarge { limit });
     }
-    match payload.to_bytes_limited(limit).await {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(error)) => Err(Problem::MalformedRequest(format!(
+    let read = tokio::time::timeout(BODY_TIMEOUT, payload.to_bytes_limited(limit));
+    match read.await {
+        Err(_) => Err(Problem::BodyTimeout),
+        Ok(Ok(Ok(bytes))) => Ok(bytes),
+        Ok(Ok(Err(error))) => Err(Problem::MalformedRequest(format!(
             "the body could not be read ({error})"
         ))),
-        Err(_) => Err(Problem::PayloadTooLarge { limit }),
+        Ok(Err(_)) => Err(Problem::PayloadTooLarge { limit }),
     }
 }
 

@@ -1,5 +1,8 @@
-//! The MPC client: one awc client per worker, timeouts, and the
-//! classification of every answer (or its absence).
+//! The MPC client: one awc client per worker, timeouts, a retry only for
+//! connections never established, and the classification of every answer
+//! (or its absence). The circuit breaker is in [`breaker`].
+
+pub mod breaker;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,12 +12,20 @@ use awc::error::{ConnectError, SendRequestError};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use rand::Rng;
+
 use crate::config::UpstreamSettings;
 use crate::label::Label;
 use crate::metrics::Metrics;
 
 /// Largest MPC body kept; the real answers are a few hundred bytes.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// Attempts for a connection that could not be established (nothing sent yet).
+const CONNECT_ATTEMPTS: u32 = 3;
+
+/// First pause before reconnecting; doubled each time, plus jitter.
+const CONNECT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// The MPC's status and JSON body, as shown to callers.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -139,11 +150,45 @@ impl MpcClient {
         }
     }
 
-    /// Asks the MPC to email the action code for `label`.
+    /// Asks the MPC to email the action code for `label`. Only a connection
+    /// that was never established is tried again: anything later might have
+    /// reached the MPC and a repeat could send a second email.
     pub async fn retrieve(&self, label: &Label) -> Result<Reply, UpstreamFailure> {
         let started = Instant::now();
-        let call = self.metrics.upstream_call();
         let deadline = tokio::time::Instant::from_std(started + self.timeout);
+        let mut attempt = 1;
+        let result = loop {
+            let call = self.metrics.upstream_call();
+            let result = self.attempt(label, deadline).await;
+            call.finish(&result);
+            let pause = CONNECT_BACKOFF * 2_u32.pow(attempt - 1)
+                + Duration::from_millis(rand::rng().random_range(0..50));
+            match result {
+                Err(UpstreamFailure::NotConnected(ref reason))
+                    if attempt < CONNECT_ATTEMPTS
+                        && tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tracing::info!(attempt, %reason, "no connection to the MPC; trying again");
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                result => break result,
+            }
+        };
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            attempts = attempt,
+            result = %describe(&result),
+            "MPC call finished"
+        );
+        result
+    }
+
+    async fn attempt(
+        &self,
+        label: &Label,
+        deadline: tokio::time::Instant,
+    ) -> Result<Reply, UpstreamFailure> {
         let request = self
             .http
             .post(&self.url)
@@ -151,39 +196,28 @@ impl MpcClient {
             .send_json(&RetrieveBody {
                 label: label.as_str(),
             });
-        let result = match tokio::time::timeout_at(deadline, request).await {
-            Err(_) => Err(UpstreamFailure::Timeout(self.timeout)),
-            Ok(Err(error)) => Err(classify_send_error(error, self.timeout)),
-            Ok(Ok(mut response)) => {
-                let status = response.status().as_u16();
-                let body = match tokio::time::timeout_at(
-                    deadline,
-                    response.body().limit(MAX_ANSWER_BYTES),
-                )
-                .await
-                {
-                    Ok(Ok(bytes)) => serde_json::from_slice::<Box<RawValue>>(&bytes)
-                        .ok()
-                        .map(Arc::from),
-                    Ok(Err(error)) => {
-                        tracing::warn!(status, %error, "unreadable MPC answer body");
-                        None
-                    }
-                    Err(_) => {
-                        tracing::warn!(status, "MPC answer body not complete in time");
-                        None
-                    }
-                };
-                classify_status(MpcAnswer { status, body })
+        let mut response = match tokio::time::timeout_at(deadline, request).await {
+            Err(_) => return Err(UpstreamFailure::Timeout(self.timeout)),
+            Ok(Err(error)) => return Err(classify_send_error(error, self.timeout)),
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status().as_u16();
+        let body = match tokio::time::timeout_at(deadline, response.body().limit(MAX_ANSWER_BYTES))
+            .await
+        {
+            Ok(Ok(bytes)) => serde_json::from_slice::<Box<RawValue>>(&bytes)
+                .ok()
+                .map(Arc::from),
+            Ok(Err(error)) => {
+                tracing::warn!(status, %error, "unreadable MPC answer body");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(status, "MPC answer body not complete in time");
+                None
             }
         };
-        call.finish(&result);
-        tracing::info!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            result = %describe(&result),
-            "MPC call finished"
-        );
-        result
+        classify_status(MpcAnswer { status, body })
     }
 }
 
