@@ -2,7 +2,7 @@
 //! stop signal and drains.
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
@@ -62,9 +62,30 @@ pub struct AppState {
 #[derive(Debug, Default)]
 pub struct Readiness {
     shutting_down: AtomicBool,
+    active: AtomicUsize,
+}
+
+/// A request being served; counted until dropped.
+pub struct Active<'a>(&'a Readiness);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Readiness {
+    /// Counts a request as being served until the guard is dropped.
+    pub fn enter(&self) -> Active<'_> {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        Active(self)
+    }
+
+    /// Requests being served right now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+
     /// Marks the start of shutdown; `/readyz` turns 503.
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
@@ -188,6 +209,7 @@ impl Application {
         let upstream = settings.upstream.clone();
         let tls = tls_config();
         let public_metrics = metrics_data.clone();
+        let public_readiness = readiness.clone();
         let mut public = HttpServer::new(move || {
             // awc clients are not Send: one per worker thread.
             let mpc = MpcClient::new(&upstream, tls.clone(), public_metrics.clone().into_inner());
@@ -195,6 +217,7 @@ impl Application {
                 .wrap(from_fn(gate::admit))
                 .wrap(from_fn(request_context))
                 .app_data(state.clone())
+                .app_data(public_readiness.clone())
                 .app_data(public_metrics.clone())
                 .app_data(audit.clone())
                 .app_data(web::Data::new(mpc))
@@ -322,13 +345,17 @@ impl Stopper {
         self.readiness.begin_shutdown();
         self.public.pause().await;
         // MPC calls run on their own tasks, which die with the workers: let
-        // them settle (their outcomes are then remembered and saved) first.
+        // them settle (their outcomes are then remembered and saved) and the
+        // requests be answered, then close what is left (idle keep-alive
+        // connections would otherwise hold a graceful stop to its timeout).
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
-        while self.dedup.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+        while (self.dedup.in_flight() > 0 || self.readiness.active() > 0)
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.public.stop(true).await;
-        self.admin.stop(true).await;
+        self.public.stop(false).await;
+        self.admin.stop(false).await;
         tracing::info!("stopped");
     }
 }

@@ -18,6 +18,7 @@ use crate::identity::Identity;
 use crate::label::{Label, LabelKind};
 use crate::metrics::{Metrics, RetrievalDecision};
 use crate::routes::RETRIEVE_ROUTE;
+use crate::startup::Readiness;
 
 /// Header carrying the request id, in and out.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -95,6 +96,8 @@ pub async fn request_context(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let started = Instant::now();
+    let readiness = req.app_data::<web::Data<Readiness>>().cloned();
+    let _active = readiness.as_ref().map(|readiness| readiness.enter());
     let request_id = RequestId::from_header(req.headers().get(X_REQUEST_ID));
     let route = req
         .match_pattern()

@@ -18,7 +18,7 @@ use crate::startup::AppState;
 use crate::upstream::{MpcAnswer, MpcClient};
 
 /// Longest a client may take to send its (small) body once the head is in.
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Header telling caches and people where an answer came from (RFC 9211).
 pub const CACHE_STATUS: &str = "cache-status";

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use mpc_action_gateway::clock::{Clock, MonotonicClock};
 use mpc_action_gateway::config::{KeyDigest, KeyEntry, LogFormat, Settings, TierSettings};
 use mpc_action_gateway::identity::key_digest;
 use mpc_action_gateway::startup::{Application, Stopper};
@@ -144,11 +145,19 @@ pub async fn spawn_app() -> TestApp {
 
 /// A gateway whose settings `customise` adjusts (the MPC URI is already set).
 pub async fn spawn_app_with(customise: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_with_clock(customise, Arc::new(MonotonicClock::default())).await
+}
+
+/// Like [`spawn_app_with`], with limits and breaker on `clock`.
+pub async fn spawn_app_with_clock(
+    customise: impl FnOnce(&mut Settings),
+    clock: Arc<dyn Clock>,
+) -> TestApp {
     init_test_logging();
     let mpc = MockServer::start().await;
     let mut settings = test_settings(&mpc.uri());
     customise(&mut settings);
-    let application = Application::build(settings).expect("gateway starts");
+    let application = Application::build_with_clock(settings, clock).expect("gateway starts");
     let address = format!("http://{}", application.public_addr());
     let admin_address = format!("http://{}", application.admin_addr());
     let stopper = application.stopper();
@@ -251,6 +260,16 @@ impl TestApp {
             request = request.header(*name, *value);
         }
         request.send().await.expect("request reaches the gateway")
+    }
+
+    /// The current value of a metric series, as `/metrics` shows it.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.admin_get("/metrics").await.text().await.unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no series {series}"))
+            .parse()
+            .unwrap()
     }
 
     /// GETs a path on the admin listener.

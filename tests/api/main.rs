@@ -9,5 +9,6 @@ mod labels;
 mod logging;
 mod observability;
 mod quota;
+mod resilience;
 mod retrieve;
 mod robustness;

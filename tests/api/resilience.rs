@@ -1,0 +1,451 @@
+//! A misbehaving MPC: the breaker, failures of every kind, and a clean stop.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use mpc_action_gateway::clock::FakeClock;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::helpers::{
+    MPC_PATH, TestApp, add_tier, assert_problem, mpc_answers, spawn_app_with, spawn_app_with_clock,
+};
+
+async fn mpc_fails(app: &TestApp, times: u64) {
+    Mock::given(method("POST"))
+        .and(path(MPC_PATH))
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(times)
+        .expect(times)
+        .mount(&app.mpc)
+        .await;
+}
+
+async fn breaker_app(clock: Arc<FakeClock>) -> TestApp {
+    spawn_app_with_clock(
+        |settings| {
+            settings.upstream.breaker_failures = 2.try_into().unwrap();
+            settings.upstream.breaker_open_for = Duration::from_secs(30);
+            add_tier(settings, "default", 1000, 1000, 1000);
+        },
+        clock,
+    )
+    .await
+}
+
+async fn readyz(app: &TestApp) -> Value {
+    let response = app.admin_get("/readyz").await;
+    assert_eq!(
+        response.status().as_u16(),
+        200,
+        "ready even with the breaker open"
+    );
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_breaker_opens_after_n_failures_and_refuses_at_once() {
+    let clock = Arc::new(FakeClock::default());
+    let app = breaker_app(clock.clone()).await;
+    mpc_answers(&app, 200, json!({}), 1).await;
+    // A label sent while the MPC was well is still answered from memory later.
+    assert_eq!(app.retrieve("REMEMBERED").await.status().as_u16(), 200);
+    app.mpc.reset().await;
+    mpc_fails(&app, 2).await;
+
+    for label in ["A10cnQO", "A10cnQP"] {
+        assert_problem(
+            app.retrieve(label).await,
+            502,
+            "urn:mpc-gateway:upstream-error",
+        )
+        .await;
+    }
+    let started = Instant::now();
+    let refused = app.retrieve("A10cnQQ").await;
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "refused at once"
+    );
+    assert_eq!(refused.headers()["retry-after"], "30");
+    assert_problem(refused, 503, "urn:mpc-gateway:upstream-circuit-open").await;
+
+    let remembered: Value = app.retrieve("REMEMBERED").await.json().await.unwrap();
+    assert_eq!(remembered["status"], "already_requested");
+    assert_eq!(readyz(&app).await["breaker"], "open");
+    assert_eq!(app.metric("mpc_gateway_circuit_breaker_state").await, 2.0);
+    assert_eq!(
+        app.metric("mpc_gateway_retrievals_total{label_kind=\"trksub\",outcome=\"circuit_open\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_successful_probe_closes_the_breaker() {
+    let clock = Arc::new(FakeClock::default());
+    let app = breaker_app(clock.clone()).await;
+    mpc_fails(&app, 2).await;
+    for label in ["A10cnQO", "A10cnQP"] {
+        app.retrieve(label).await;
+    }
+    assert_eq!(app.retrieve("A10cnQQ").await.status().as_u16(), 503);
+
+    clock.advance(Duration::from_secs(30));
+    assert_eq!(readyz(&app).await["breaker"], "half_open");
+    mpc_answers(&app, 200, json!({}), 2).await;
+    assert_eq!(
+        app.retrieve("A10cnQQ").await.status().as_u16(),
+        200,
+        "the probe"
+    );
+    assert_eq!(readyz(&app).await["breaker"], "closed");
+    assert_eq!(app.retrieve("A10cnQR").await.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn a_failed_probe_opens_the_breaker_again() {
+    let clock = Arc::new(FakeClock::default());
+    let app = breaker_app(clock.clone()).await;
+    mpc_fails(&app, 3).await;
+    for label in ["A10cnQO", "A10cnQP"] {
+        app.retrieve(label).await;
+    }
+    clock.advance(Duration::from_secs(30));
+
+    assert_problem(
+        app.retrieve("A10cnQQ").await,
+        502,
+        "urn:mpc-gateway:upstream-error",
+    )
+    .await;
+    let refused = app.retrieve("A10cnQR").await;
+    assert_eq!(refused.headers()["retry-after"], "30");
+    assert_problem(refused, 503, "urn:mpc-gateway:upstream-circuit-open").await;
+}
+
+/// A one-connection-at-a-time MPC that does `behave` with each request it reads.
+async fn raw_mpc<F, Fut>(behave: F) -> (String, Arc<AtomicUsize>)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&requests);
+    tokio::spawn(async move {
+        let behave = Arc::new(behave);
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counted = Arc::clone(&counted);
+            let behave = Arc::clone(&behave);
+            tokio::spawn(async move {
+                let mut buffer = vec![0_u8; 4096];
+                let mut seen = Vec::new();
+                // Read the whole request (head and the small JSON body).
+                while !seen.contains(&b'}') {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                behave(stream).await;
+            });
+        }
+    });
+    (address, requests)
+}
+
+async fn app_against(address: &str) -> TestApp {
+    let address = address.to_owned();
+    spawn_app_with(move |settings| {
+        settings.upstream.base_url = address.parse().unwrap();
+        settings.upstream.timeout = Duration::from_millis(800);
+        settings.upstream.connect_timeout = Duration::from_millis(500);
+    })
+    .await
+}
+
+async fn assert_healthy(app: &TestApp) {
+    assert_eq!(app.admin_get("/healthz").await.status().as_u16(), 200);
+    assert_eq!(app.metric("mpc_gateway_upstream_in_flight").await, 0.0);
+}
+
+#[tokio::test]
+async fn a_connection_reset_after_sending_is_uncertain_and_never_retried() {
+    let (address, requests) = raw_mpc(|stream| async move {
+        // Abort the connection: the request was sent, no answer comes.
+        let socket = stream.into_std().unwrap();
+        socket2_linger_zero(&socket);
+        drop(socket);
+    })
+    .await;
+    let app = app_against(&address).await;
+
+    let first = app.retrieve("A10cnQO").await;
+    assert!(first.headers().contains_key("retry-after"));
+    let body = assert_problem(first, 502, "urn:mpc-gateway:upstream-error").await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("may still email"),
+        "{body}"
+    );
+    let second = app.retrieve("A10cnQO").await;
+    assert!(
+        second.headers()["cache-status"]
+            .to_str()
+            .unwrap()
+            .contains("hit")
+    );
+    assert_problem(second, 502, "urn:mpc-gateway:upstream-error").await;
+
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "never sent twice");
+    assert_eq!(
+        app.metric("mpc_gateway_upstream_requests_total{result=\"connection_lost\"}")
+            .await,
+        1.0
+    );
+    assert_healthy(&app).await;
+}
+
+/// Makes dropping the socket send a TCP reset rather than a clean close.
+fn socket2_linger_zero(socket: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads `linger` for the duration of the call only.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_slow_dripping_answer_ends_within_the_timeout() {
+    let (address, requests) = raw_mpc(|mut stream| async move {
+        let head =
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{";
+        let _ = stream.write_all(head.as_bytes()).await;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if stream.write_all(b" ").await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let app = app_against(&address).await;
+
+    let started = Instant::now();
+    let response = app.retrieve("A10cnQO").await;
+    let elapsed = started.elapsed();
+
+    assert!(
+        elapsed < Duration::from_millis(800) + Duration::from_secs(1),
+        "{elapsed:?}"
+    );
+    assert_eq!(
+        response.status().as_u16(),
+        200,
+        "a 2xx status is acceptance"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "sent");
+    assert_eq!(body["upstream"]["body"], Value::Null);
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    assert_healthy(&app).await;
+}
+
+#[tokio::test]
+async fn garbage_and_huge_answers_are_handled() {
+    let app = spawn_app_with(|_| {}).await;
+    Mock::given(method("POST"))
+        .and(path(MPC_PATH))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(vec![b'x'; 2 * 1024 * 1024]))
+        .up_to_n_times(1)
+        .mount(&app.mpc)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(MPC_PATH))
+        .respond_with(ResponseTemplate::new(404).set_body_bytes(b"\xff\xfe<html>".to_vec()))
+        .mount(&app.mpc)
+        .await;
+
+    let huge: Value = app.retrieve("A10cnQO").await.json().await.unwrap();
+    assert_eq!(huge["status"], "sent");
+    assert_eq!(huge["upstream"]["body"], Value::Null);
+    let garbage = app.retrieve("A10cnQP").await;
+    let body = assert_problem(garbage, 404, "urn:mpc-gateway:upstream-rejected").await;
+    assert_eq!(body["upstream"], json!({"status": 404, "body": null}));
+    assert_healthy(&app).await;
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_tried_again_then_502() {
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let app = app_against(&format!("http://127.0.0.1:{closed_port}")).await;
+
+    let started = Instant::now();
+    assert_problem(
+        app.retrieve("A10cnQO").await,
+        502,
+        "urn:mpc-gateway:upstream-error",
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_millis(800) + Duration::from_secs(1));
+    assert_eq!(
+        app.metric("mpc_gateway_upstream_requests_total{result=\"connect_error\"}")
+            .await,
+        3.0,
+        "three attempts: nothing could have been sent"
+    );
+    let again = app.retrieve("A10cnQO").await;
+    assert_eq!(
+        again.headers()["cache-status"],
+        "mpc-action-gateway; fwd=miss"
+    );
+    assert_healthy(&app).await;
+}
+
+#[tokio::test]
+async fn calls_beyond_max_concurrent_wait_for_a_slot() {
+    let app = spawn_app_with(|settings| {
+        settings.upstream.max_concurrent = 1.try_into().unwrap();
+        add_tier(settings, "default", 1000, 1000, 1000);
+    })
+    .await;
+    Mock::given(method("POST"))
+        .and(path(MPC_PATH))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(300)))
+        .expect(3)
+        .mount(&app.mpc)
+        .await;
+
+    let started = Instant::now();
+    let (a, b, c) = tokio::join!(
+        app.retrieve("A10cnQO"),
+        app.retrieve("A10cnQP"),
+        app.retrieve("A10cnQQ")
+    );
+    for response in [a, b, c] {
+        assert_eq!(response.status().as_u16(), 200);
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "one call at a time"
+    );
+    assert_healthy(&app).await;
+}
+
+#[tokio::test]
+async fn a_slow_loris_body_gets_408_and_no_mpc_call() {
+    let app = spawn_app().await;
+    crate::helpers::mpc_never_called(&app).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(
+            b"POST /api/action-codes/retrieve HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 30\r\n\r\n{\"la",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the gateway ends the request by itself");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("urn:mpc-gateway:request-timeout"), "{text}");
+}
+
+use crate::helpers::spawn_app;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn sigterm_during_a_slow_mpc_call_answers_the_caller_and_exits_0() {
+    let mpc = wiremock::MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(MPC_PATH))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"message": "queued"}))
+                .set_delay(Duration::from_millis(800)),
+        )
+        .expect(1)
+        .mount(&mpc)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let state_file = dir.path().join("state.json");
+    let (public, admin) = (free_port(), free_port());
+    let mut gateway = std::process::Command::new(env!("CARGO_BIN_EXE_mpc-action-gateway"))
+        .env("MPC_GATEWAY__SERVER__LISTEN", format!("127.0.0.1:{public}"))
+        .env("MPC_GATEWAY__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
+        .env("MPC_GATEWAY__UPSTREAM__BASE_URL", mpc.uri())
+        .env("MPC_GATEWAY__DEDUP__STATE_FILE", &state_file)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let mut ready = false;
+    for _ in 0..100 {
+        if let Ok(response) = client
+            .get(format!("http://127.0.0.1:{admin}/healthz"))
+            .send()
+            .await
+        {
+            ready = response.status().is_success();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "the gateway came up");
+
+    let request = tokio::spawn(
+        client
+            .post(format!(
+                "http://127.0.0.1:{public}/api/action-codes/retrieve"
+            ))
+            .json(&json!({"label": "A10cnQO"}))
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SAFETY: kill only sends a signal to the child we started.
+    unsafe {
+        libc::kill(gateway.id() as libc::pid_t, libc::SIGTERM);
+    }
+
+    let response = request.await.unwrap().unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        200,
+        "the caller still gets its answer"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "sent");
+    let status = tokio::task::spawn_blocking(move || gateway.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let saved = std::fs::read_to_string(&state_file).unwrap();
+    assert!(saved.contains("\"label\":\"A10cnQO\""), "{saved}");
+}
