@@ -6,6 +6,7 @@ mod health;
 mod helpers;
 mod identity;
 mod labels;
+mod load;
 mod logging;
 mod observability;
 mod quota;

@@ -1,0 +1,199 @@
+//! A bounded load test on loopback, ignored by default:
+//! `LOAD_SECONDS=60 cargo test --release --test api load -- --ignored --nocapture`.
+//! Valid, duplicate, invalid and faulting labels from many users: no 5xx but
+//! the upstream ones the contract names, no label sent to the MPC twice, and
+//! the resident set flat once the remembered set is full.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use rand::Rng;
+use serde_json::{Value, json};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+use crate::helpers::{add_tier, test_settings};
+use mpc_action_gateway::startup::Application;
+
+/// Counts MPC calls per label, and fails labels that start with `F`.
+#[derive(Clone, Default)]
+struct CountingMpc {
+    calls: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+impl Respond for CountingMpc {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let label = serde_json::from_slice::<Value>(&request.body)
+            .ok()
+            .and_then(|body| body["label"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        *self.calls.lock().unwrap().entry(label.clone()).or_default() += 1;
+        match label.chars().next() {
+            Some('F') => ResponseTemplate::new(500),
+            Some('R') => ResponseTemplate::new(404).set_body_json(json!({"error": "unknown"})),
+            _ => ResponseTemplate::new(200)
+                .set_body_json(json!({"message": "queued"}))
+                .set_delay(Duration::from_millis(5)),
+        }
+    }
+}
+
+/// Distinct valid labels the MPC accepts.
+const VALID_POOL: u32 = 2_000;
+/// Distinct valid labels the MPC refuses (404).
+const REJECTED_POOL: u32 = 500;
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    statm
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 4096
+}
+
+#[tokio::test]
+#[ignore = "runs for a minute; see the module documentation"]
+async fn a_minute_of_mixed_traffic() {
+    crate::helpers::raise_open_files_limit();
+    let seconds: u64 = std::env::var("LOAD_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let mpc = MockServer::builder()
+        .disable_request_recording()
+        .start()
+        .await;
+    let counting = CountingMpc::default();
+    Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(counting.clone())
+        .mount(&mpc)
+        .await;
+    let mut settings = test_settings(&mpc.uri());
+    settings.dedup.max_entries = 20_000.try_into().unwrap();
+    settings.upstream.max_per_minute = 1_000_000.try_into().unwrap();
+    settings.upstream.max_concurrent = 64.try_into().unwrap();
+    settings.upstream.breaker_failures = 1_000_000.try_into().unwrap();
+    settings.auth.trusted_user_header = "X-Forwarded-User".to_owned().try_into().unwrap();
+    settings.auth.trusted_proxies = vec!["127.0.0.1".to_owned().try_into().unwrap()];
+    add_tier(&mut settings, "default", 1_000_000, 1_000_000, 1_000_000);
+    let application = Application::build(settings).unwrap();
+    let url = format!(
+        "http://{}/api/action-codes/retrieve",
+        application.public_addr()
+    );
+    tokio::spawn(application.run_until_stopped());
+    let client = reqwest::Client::new();
+
+    let next_label = AtomicU64::new(0);
+    let statuses: Mutex<HashMap<(u16, String), u64>> = Mutex::new(HashMap::new());
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let warm_up = started + Duration::from_secs(seconds / 3);
+    let rss_after_warm_up = Mutex::new(None);
+
+    futures_util::stream::iter(0..)
+        .take_while(|_| futures_util::future::ready(Instant::now() < deadline))
+        .for_each_concurrent(32, |_| {
+            let (client, url, next_label, statuses) = (&client, &url, &next_label, &statuses);
+            let rss_after_warm_up = &rss_after_warm_up;
+            async move {
+                let roll: u32 = rand::rng().random_range(0..100);
+                let user = format!("observer-{}", rand::rng().random_range(0..200));
+                next_label.fetch_add(1, Ordering::Relaxed);
+                // Fixed pools: every label recurs, so most requests are
+                // duplicates and the remembered set fills during warm-up.
+                let label = match roll {
+                    0..70 => format!(
+                        "2024-05-02T21:03:35.001_{:08}",
+                        rand::rng().random_range(0..VALID_POOL)
+                    ),
+                    70..85 => "not a label".to_owned(),
+                    85..95 => format!("F{:07}", rand::rng().random_range(0..1000)),
+                    _ => format!("R{:07}", rand::rng().random_range(0..REJECTED_POOL)),
+                };
+                let response = client
+                    .post(url)
+                    .header("x-forwarded-user", user)
+                    .json(&json!({ "label": label }))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status().as_u16();
+                let problem_type = if status == 200 {
+                    String::new()
+                } else {
+                    let body: Value = response.json().await.unwrap_or(Value::Null);
+                    body["type"].as_str().unwrap_or("?").to_owned()
+                };
+                *statuses
+                    .lock()
+                    .unwrap()
+                    .entry((status, problem_type))
+                    .or_default() += 1;
+                if Instant::now() >= warm_up {
+                    rss_after_warm_up
+                        .lock()
+                        .unwrap()
+                        .get_or_insert_with(rss_bytes);
+                }
+            }
+        })
+        .await;
+
+    let elapsed = started.elapsed().as_secs_f64();
+    let statuses = statuses.into_inner().unwrap();
+    let total: u64 = statuses.values().sum();
+    let rss_end = rss_bytes();
+    let rss_warm = rss_after_warm_up.into_inner().unwrap().unwrap_or(rss_end);
+    println!(
+        "load: {total} requests in {elapsed:.1} s = {:.0} requests/s",
+        total as f64 / elapsed
+    );
+    let mut rows: Vec<_> = statuses.iter().collect();
+    rows.sort();
+    for ((status, problem), count) in rows {
+        println!("  {status} {problem}: {count}");
+    }
+    println!(
+        "  RSS after warm-up {:.1} MiB, at the end {:.1} MiB",
+        rss_warm as f64 / 1048576.0,
+        rss_end as f64 / 1048576.0
+    );
+
+    for (status, problem) in statuses.keys() {
+        if *status >= 500 {
+            assert!(
+                [
+                    "urn:mpc-gateway:upstream-error",
+                    "urn:mpc-gateway:upstream-timeout",
+                    "urn:mpc-gateway:upstream-circuit-open",
+                    "urn:mpc-gateway:gateway-busy"
+                ]
+                .contains(&problem.as_str()),
+                "unexpected {status} {problem}"
+            );
+        }
+    }
+    let calls = counting.calls.lock().unwrap();
+    let repeated: Vec<_> = calls
+        .iter()
+        .filter(|(label, count)| **count > 1 && !label.starts_with('F'))
+        .collect();
+    let mpc_calls: u32 = calls.values().sum();
+    println!(
+        "  MPC calls: {mpc_calls} for {} labels; {} accepted or refused labels called twice \
+         (5xx labels are tried again by design)",
+        calls.len(),
+        repeated.len()
+    );
+    assert!(repeated.is_empty(), "labels sent twice: {repeated:?}");
+    assert!(
+        rss_end < rss_warm + 64 * 1048576,
+        "RSS grew from {rss_warm} to {rss_end} after warm-up"
+    );
+}
