@@ -1,6 +1,6 @@
 //! The admission steps every public request passes before its handler:
-//! identity (401), then the user's anti-flood limit (429); on the way out,
-//! the RateLimit fields for the user's upstream quota.
+//! a header-size cap (431), identity (401), then the user's anti-flood limit
+//! (429); on the way out, the RateLimit fields for the user's upstream quota.
 
 use std::future::{Ready, ready};
 
@@ -14,6 +14,9 @@ use crate::identity::{AuthError, Identity};
 use crate::problem::Problem;
 use crate::quota::{Decision, Tier, whole_seconds};
 use crate::startup::AppState;
+
+/// Most header bytes (names and values) a public request may carry.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers).
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -30,6 +33,17 @@ pub async fn admit(
             "gateway state missing",
         ));
     };
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        let problem = Problem::HeadersTooLarge {
+            limit: MAX_HEADER_BYTES,
+        };
+        return Ok(refuse(req, problem));
+    }
     let peer = req.peer_addr().map(|addr| addr.ip());
     let identity = match state.authenticator.identify(req.headers(), peer) {
         Ok(identity) => identity,

@@ -53,6 +53,12 @@ pub enum Problem {
         /// When the breaker lets a probe through.
         retry_after: Duration,
     },
+    /// The request's headers are larger than the gateway accepts.
+    #[error("request headers too large")]
+    HeadersTooLarge {
+        /// The cap, in bytes.
+        limit: usize,
+    },
     /// The request body did not arrive in time.
     #[error("request body timeout")]
     BodyTimeout,
@@ -107,6 +113,7 @@ impl Problem {
             Self::GatewayBusy { .. } => "urn:mpc-gateway:gateway-busy",
             Self::CircuitOpen { .. } => "urn:mpc-gateway:upstream-circuit-open",
             Self::BodyTimeout => "urn:mpc-gateway:request-timeout",
+            Self::HeadersTooLarge { .. } => "urn:mpc-gateway:headers-too-large",
             Self::UpstreamRejected(_) => "urn:mpc-gateway:upstream-rejected",
             Self::UpstreamError(_)
             | Self::UpstreamUncertain {
@@ -134,6 +141,7 @@ impl Problem {
             Self::GatewayBusy { .. } => "Gateway busy",
             Self::CircuitOpen { .. } => "The MPC is failing; calls are paused",
             Self::BodyTimeout => "Request body too slow",
+            Self::HeadersTooLarge { .. } => "Request headers too large",
             Self::UpstreamRejected(_) => "The MPC rejected the request",
             Self::UpstreamError(_) => "The MPC could not be used",
             Self::UpstreamUncertain {
@@ -184,6 +192,9 @@ impl Problem {
                 whole_seconds(*retry_after)
             ),
             Self::BodyTimeout => "The request body did not arrive in time.".to_owned(),
+            Self::HeadersTooLarge { limit } => {
+                format!("The request headers add up to more than {limit} bytes.")
+            }
             Self::UpstreamRejected(answer) => format!(
                 "The MPC answered {} for this label, so no action code was sent; \
                  check that the label belongs to a submission from this observatory.",
@@ -254,7 +265,7 @@ impl Problem {
             Self::QuotaExceeded(_) => RetrievalOutcome::QuotaExceeded,
             Self::GatewayBusy { .. } => RetrievalOutcome::GatewayBusy,
             Self::CircuitOpen { .. } => RetrievalOutcome::CircuitOpen,
-            Self::BodyTimeout => RetrievalOutcome::MalformedRequest,
+            Self::BodyTimeout | Self::HeadersTooLarge { .. } => RetrievalOutcome::MalformedRequest,
             Self::UpstreamRejected(_) => RetrievalOutcome::UpstreamRejected,
             Self::UpstreamError(_)
             | Self::UpstreamUncertain {
@@ -306,6 +317,7 @@ impl ResponseError for Problem {
             Self::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::GatewayBusy { .. } | Self::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UpstreamRejected(answer) => StatusCode::from_u16(answer.status)
                 .ok()
                 .filter(StatusCode::is_client_error)
@@ -403,6 +415,7 @@ mod tests {
                 retry_after: Duration::from_secs(30),
             },
             Problem::BodyTimeout,
+            Problem::HeadersTooLarge { limit: 16384 },
             Problem::AdminUnauthorized,
             Problem::NotFound("/x".into()),
             Problem::MethodNotAllowed { allow: "POST" },

@@ -9,35 +9,45 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use actix_web::{App, HttpResponse, HttpServer, web};
 use futures_util::StreamExt;
 use rand::Rng;
 use serde_json::{Value, json};
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::helpers::{add_tier, test_settings};
 use mpc_action_gateway::startup::Application;
 
-/// Counts MPC calls per label, and fails labels that start with `F`.
-#[derive(Clone, Default)]
-struct CountingMpc {
-    calls: Arc<Mutex<HashMap<String, u32>>>,
-}
+/// MPC calls per label.
+type Calls = Arc<Mutex<HashMap<String, u32>>>;
 
-impl Respond for CountingMpc {
-    fn respond(&self, request: &Request) -> ResponseTemplate {
-        let label = serde_json::from_slice::<Value>(&request.body)
-            .ok()
-            .and_then(|body| body["label"].as_str().map(str::to_owned))
-            .unwrap_or_default();
-        *self.calls.lock().unwrap().entry(label.clone()).or_default() += 1;
+/// A fake MPC that counts calls per label, fails labels that start with `F`
+/// and refuses those that start with `R`. (wiremock keeps every request it
+/// matched, which would swamp the memory measurement.)
+async fn counting_mpc(calls: Calls) -> String {
+    async fn answer(body: web::Json<Value>, calls: web::Data<Calls>) -> HttpResponse {
+        let label = body["label"].as_str().unwrap_or_default().to_owned();
+        *calls.lock().unwrap().entry(label.clone()).or_default() += 1;
         match label.chars().next() {
-            Some('F') => ResponseTemplate::new(500),
-            Some('R') => ResponseTemplate::new(404).set_body_json(json!({"error": "unknown"})),
-            _ => ResponseTemplate::new(200)
-                .set_body_json(json!({"message": "queued"}))
-                .set_delay(Duration::from_millis(5)),
+            Some('F') => HttpResponse::InternalServerError().finish(),
+            Some('R') => HttpResponse::NotFound().json(json!({"error": "unknown"})),
+            _ => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                HttpResponse::Ok().json(json!({"message": "queued"}))
+            }
         }
     }
+    let calls = web::Data::new(calls);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(calls.clone())
+            .route("/api/action-codes/retrieve", web::post().to(answer))
+    })
+    .workers(1)
+    .bind("127.0.0.1:0")
+    .unwrap();
+    let address = format!("http://{}", server.addrs()[0]);
+    tokio::spawn(server.run());
+    address
 }
 
 /// Distinct valid labels the MPC accepts.
@@ -64,16 +74,9 @@ async fn a_minute_of_mixed_traffic() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
-    let mpc = MockServer::builder()
-        .disable_request_recording()
-        .start()
-        .await;
-    let counting = CountingMpc::default();
-    Mock::given(wiremock::matchers::method("POST"))
-        .respond_with(counting.clone())
-        .mount(&mpc)
-        .await;
-    let mut settings = test_settings(&mpc.uri());
+    let calls = Calls::default();
+    let mpc = counting_mpc(Arc::clone(&calls)).await;
+    let mut settings = test_settings(&mpc);
     settings.dedup.max_entries = 20_000.try_into().unwrap();
     settings.upstream.max_per_minute = 1_000_000.try_into().unwrap();
     settings.upstream.max_concurrent = 64.try_into().unwrap();
@@ -179,7 +182,7 @@ async fn a_minute_of_mixed_traffic() {
             );
         }
     }
-    let calls = counting.calls.lock().unwrap();
+    let calls = calls.lock().unwrap();
     let repeated: Vec<_> = calls
         .iter()
         .filter(|(label, count)| **count > 1 && !label.starts_with('F'))

@@ -373,6 +373,24 @@ async fn a_slow_loris_body_gets_408_and_no_mpc_call() {
 
 use crate::helpers::spawn_app;
 
+#[tokio::test]
+async fn oversized_or_too_many_headers_get_431_and_no_mpc_call() {
+    let app = spawn_app().await;
+    crate::helpers::mpc_never_called(&app).await;
+
+    let big = "a".repeat(20 * 1024);
+    let response = app
+        .retrieve_with("A10cnQO", &[("x-big", big.as_str())])
+        .await;
+    assert_problem(response, 431, "urn:mpc-gateway:headers-too-large").await;
+
+    let names: Vec<String> = (0..120).map(|i| format!("x-h{i}")).collect();
+    let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+    let response = app.retrieve_with("A10cnQO", &many).await;
+    assert_eq!(response.status().as_u16(), 431);
+    assert_eq!(app.admin_get("/healthz").await.status().as_u16(), 200);
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
