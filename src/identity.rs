@@ -275,15 +275,20 @@ impl ConstantTimeEq for DigestWords {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header, if that is what was sent.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// The key from `Authorization: Bearer` or `X-API-Key`, if any was sent.
 fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
-    if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let value = value.to_str().map_err(|_| AuthError::UnsupportedScheme)?;
-        let (scheme, key) = value.split_once(' ').ok_or(AuthError::UnsupportedScheme)?;
-        if !scheme.eq_ignore_ascii_case("bearer") || key.trim().is_empty() {
-            return Err(AuthError::UnsupportedScheme);
-        }
-        return Ok(Some(key.trim()));
+    if headers.contains_key(header::AUTHORIZATION) {
+        return bearer_token(headers)
+            .map(Some)
+            .ok_or(AuthError::UnsupportedScheme);
     }
     match headers.get("x-api-key") {
         Some(value) => value

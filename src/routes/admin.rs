@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use actix_web::body::BoxBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header;
 use actix_web::middleware::Next;
 use actix_web::{HttpResponse, ResponseError, web};
 use serde::Serialize;
@@ -13,6 +12,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::KeyDigest;
 use crate::dedup::{Dedup, Outcome, Remembered};
+use crate::identity::bearer_token;
 use crate::label::{Label, LabelKind};
 use crate::problem::Problem;
 use crate::routes::timestamp;
@@ -34,13 +34,7 @@ pub async fn require_token(
         .app_data::<web::Data<AdminState>>()
         .and_then(|state| state.token);
     if let Some(expected) = expected {
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| Sha256::digest(token.trim().as_bytes()));
+        let presented = bearer_token(req.headers()).map(|token| Sha256::digest(token.as_bytes()));
         let valid = presented
             .is_some_and(|digest| bool::from(digest.as_slice().ct_eq(expected.as_bytes())));
         if !valid {

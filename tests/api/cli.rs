@@ -209,10 +209,7 @@ async fn healthcheck_exits_0_for_a_live_gateway_and_1_otherwise() {
     .unwrap();
     assert_eq!(live.status.code(), Some(0), "{}", stderr(&live));
 
-    let closed_port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let closed_port = crate::helpers::free_port();
     let dead = tokio::task::spawn_blocking(move || {
         gateway()
             .args([

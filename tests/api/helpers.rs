@@ -113,6 +113,15 @@ pub fn raise_open_files_limit() {
     }
 }
 
+/// A loopback port nobody listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Admits `key` as `user` in `tier`.
 pub fn add_key(settings: &mut Settings, user: &str, key: &str, tier: &str) {
     settings.auth.keys.push(KeyEntry {

@@ -293,10 +293,7 @@ async fn garbage_and_huge_answers_are_handled() {
 
 #[tokio::test]
 async fn a_refused_connection_is_tried_again_then_502() {
-    let closed_port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let closed_port = crate::helpers::free_port();
     let app = app_against(&format!("http://127.0.0.1:{closed_port}")).await;
 
     let started = Instant::now();
@@ -391,14 +388,6 @@ async fn oversized_or_too_many_headers_get_431_and_no_mpc_call() {
     assert_eq!(app.admin_get("/healthz").await.status().as_u16(), 200);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn sigterm_during_a_slow_mpc_call_answers_the_caller_and_exits_0() {
     let mpc = wiremock::MockServer::start().await;
@@ -414,7 +403,7 @@ async fn sigterm_during_a_slow_mpc_call_answers_the_caller_and_exits_0() {
         .await;
     let dir = tempfile::tempdir().unwrap();
     let state_file = dir.path().join("state.json");
-    let (public, admin) = (free_port(), free_port());
+    let (public, admin) = (crate::helpers::free_port(), crate::helpers::free_port());
     let mut gateway = std::process::Command::new(env!("CARGO_BIN_EXE_mpc-action-gateway"))
         .env("MPC_GATEWAY__SERVER__LISTEN", format!("127.0.0.1:{public}"))
         .env("MPC_GATEWAY__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))

@@ -121,10 +121,7 @@ async fn mpc_server_errors_are_502() {
 
 #[tokio::test]
 async fn unreachable_mpc_is_502() {
-    let closed_port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let closed_port = crate::helpers::free_port();
     let app = spawn_app_with(|settings| {
         settings.upstream.base_url = format!("http://127.0.0.1:{closed_port}").parse().unwrap();
     })
