@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use crate::config::Settings;
+use crate::demo;
 use crate::identity::{generate_key, key_digest};
 use crate::label::Label;
 use crate::startup::Application;
@@ -54,6 +55,8 @@ pub enum Command {
         #[arg(required = true)]
         labels: Vec<String>,
     },
+    /// Serve as configured in front of a simulated MPC that never sends email.
+    Demo,
     /// Exit 0 when the gateway's health endpoint answers 200 within 2 s, else 1.
     Healthcheck {
         /// Full URL to probe; defaults to http://<admin.listen>/healthz.
@@ -67,6 +70,7 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config),
+        Command::Demo => demo(cli.config),
         Command::CheckConfig => check_config(cli.config),
         Command::HashKey => hash_key(),
         Command::GenKey { user, tier } => gen_key(&user, &tier),
@@ -105,6 +109,31 @@ fn serve(config: Option<PathBuf>) -> Result<(), String> {
             .run_until_stopped()
             .await
             .map_err(|e| format!("server failed: {e}"))
+    })
+}
+
+fn demo(config: Option<PathBuf>) -> Result<(), String> {
+    let settings = load(config)?;
+    telemetry::init(&settings.log);
+    actix_web::rt::System::new().block_on(async move {
+        let slow_for = settings.upstream.timeout + Duration::from_secs(1);
+        let (mpc_addr, mpc) = demo::simulated_mpc(slow_for)
+            .map_err(|e| format!("cannot start the simulated MPC: {e}"))?;
+        let mpc_handle = mpc.handle();
+        tokio::spawn(mpc);
+        let settings = demo::demo_settings(settings, mpc_addr);
+        let application = Application::build(settings).map_err(|e| e.to_string())?;
+        let public = application.public_addr();
+        tracing::info!(
+            public = %public,
+            admin = %application.admin_addr(),
+            known_labels = ?demo::KNOWN_LABELS,
+            "demo: serving in front of a simulated MPC; no email is ever sent. \
+             Labels starting with FAIL make it fail, with SLOW make it time out."
+        );
+        let result = application.run_until_stopped().await;
+        mpc_handle.stop(true).await;
+        result.map_err(|e| format!("server failed: {e}"))
     })
 }
 

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod dedup;
+pub mod demo;
 pub mod gate;
 pub mod identity;
 pub mod label;

@@ -113,6 +113,70 @@ pub fn raise_open_files_limit() {
     }
 }
 
+/// The real binary, running; killed when dropped.
+pub struct Running {
+    pub child: std::process::Child,
+    pub public: String,
+    pub admin: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Running {
+    /// Sends SIGTERM and waits for the exit code.
+    pub async fn terminate(mut self) -> Option<i32> {
+        // SAFETY: kill only sends a signal to the child we started.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let mut child = std::mem::replace(
+            &mut self.child,
+            std::process::Command::new("true").spawn().unwrap(),
+        );
+        tokio::task::spawn_blocking(move || child.wait().unwrap().code())
+            .await
+            .unwrap()
+    }
+}
+
+/// Starts the binary with `args` on free loopback ports and waits until its
+/// admin listener answers.
+pub async fn run_binary(args: &[&str], env: &[(&str, &str)]) -> Running {
+    let (public, admin) = (free_port(), free_port());
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mpc-action-gateway"));
+    command
+        .args(args)
+        .env("MPC_GATEWAY__SERVER__LISTEN", format!("127.0.0.1:{public}"))
+        .env("MPC_GATEWAY__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
+        .stdout(std::process::Stdio::null());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let running = Running {
+        child: command.spawn().unwrap(),
+        public: format!("http://127.0.0.1:{public}"),
+        admin: format!("http://127.0.0.1:{admin}"),
+    };
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        if let Ok(response) = client
+            .get(format!("{}/healthz", running.admin))
+            .send()
+            .await
+            && response.status().is_success()
+        {
+            return running;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the binary did not come up");
+}
+
 /// A loopback port nobody listens on (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

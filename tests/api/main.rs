@@ -2,6 +2,7 @@
 
 mod cli;
 mod dedup;
+mod demo;
 mod health;
 mod helpers;
 mod identity;

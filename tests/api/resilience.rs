@@ -403,43 +403,26 @@ async fn sigterm_during_a_slow_mpc_call_answers_the_caller_and_exits_0() {
         .await;
     let dir = tempfile::tempdir().unwrap();
     let state_file = dir.path().join("state.json");
-    let (public, admin) = (crate::helpers::free_port(), crate::helpers::free_port());
-    let mut gateway = std::process::Command::new(env!("CARGO_BIN_EXE_mpc-action-gateway"))
-        .env("MPC_GATEWAY__SERVER__LISTEN", format!("127.0.0.1:{public}"))
-        .env("MPC_GATEWAY__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
-        .env("MPC_GATEWAY__UPSTREAM__BASE_URL", mpc.uri())
-        .env("MPC_GATEWAY__DEDUP__STATE_FILE", &state_file)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let client = reqwest::Client::new();
-    let mut ready = false;
-    for _ in 0..100 {
-        if let Ok(response) = client
-            .get(format!("http://127.0.0.1:{admin}/healthz"))
-            .send()
-            .await
-        {
-            ready = response.status().is_success();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "the gateway came up");
+    let uri = mpc.uri();
+    let state = state_file.to_string_lossy().into_owned();
+    let gateway = crate::helpers::run_binary(
+        &[],
+        &[
+            ("MPC_GATEWAY__UPSTREAM__BASE_URL", &uri),
+            ("MPC_GATEWAY__DEDUP__STATE_FILE", &state),
+        ],
+    )
+    .await;
 
     let request = tokio::spawn(
-        client
-            .post(format!(
-                "http://127.0.0.1:{public}/api/action-codes/retrieve"
-            ))
+        reqwest::Client::new()
+            .post(format!("{}/api/action-codes/retrieve", gateway.public))
             .json(&json!({"label": "A10cnQO"}))
             .send(),
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // SAFETY: kill only sends a signal to the child we started.
-    unsafe {
-        libc::kill(gateway.id() as libc::pid_t, libc::SIGTERM);
-    }
+    // SIGTERM now, while the MPC call is under way.
+    let exit = tokio::spawn(gateway.terminate());
 
     let response = request.await.unwrap().unwrap();
     assert_eq!(
@@ -449,10 +432,7 @@ async fn sigterm_during_a_slow_mpc_call_answers_the_caller_and_exits_0() {
     );
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "sent");
-    let status = tokio::task::spawn_blocking(move || gateway.wait().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(exit.await.unwrap(), Some(0));
     let saved = std::fs::read_to_string(&state_file).unwrap();
     assert!(saved.contains("\"label\":\"A10cnQO\""), "{saved}");
 }
