@@ -191,7 +191,8 @@ pub struct AuthSettings {
     pub allow_anonymous: bool,
     /// Header a trusted SSO proxy sets to the user's name; `""` for none.
     pub trusted_user_header: OptionalHeader,
-    /// Peers whose user header is believed.
+    /// Peers whose user header is believed (from env: comma-separated).
+    #[serde(deserialize_with = "list_or_commas")]
     pub trusted_proxies: Vec<Network>,
     /// Known API keys.
     pub keys: Vec<KeyEntry>,
@@ -258,6 +259,45 @@ impl From<Network> for String {
     fn from(network: Network) -> Self {
         network.0.to_string()
     }
+}
+
+/// A list from a file, or a comma-separated string from an environment
+/// variable. (The config crate's own list parsing would also turn every
+/// all-digit value, such as a digest, into a number.)
+fn list_or_commas<'de, D>(deserializer: D) -> Result<Vec<Network>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Networks;
+
+    impl<'de> serde::de::Visitor<'de> for Networks {
+        type Value = Vec<Network>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of CIDR blocks, or one comma-separated string of them")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+            text.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| Network::try_from(item.to_owned()).map_err(E::custom))
+                .collect()
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut networks = Vec::new();
+            while let Some(network) = seq.next_element::<Network>()? {
+                networks.push(network);
+            }
+            Ok(networks)
+        }
+    }
+
+    deserializer.deserialize_any(Networks)
 }
 
 /// One `[[auth.keys]]` entry.
@@ -447,9 +487,6 @@ impl Settings {
         let environment = Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
             .separator("__")
-            .try_parsing(true)
-            .list_separator(",")
-            .with_list_parse_key("auth.trusted_proxies")
             .source(env);
         let merged = builder.add_source(environment).build()?;
 
@@ -769,6 +806,27 @@ mod tests {
     fn missing_file_is_an_error() {
         let err = Settings::load_from(Some(Path::new("/nonexistent/gw.toml")), env(&[]));
         assert!(matches!(err, Err(ConfigError::Source(_))));
+    }
+
+    #[test]
+    fn all_digit_secrets_from_env_stay_text() {
+        let zeros = "0".repeat(64);
+        let s = Settings::load_from(None, env(&[("MPC_GATEWAY__ADMIN__TOKEN_SHA256", &zeros)]))
+            .unwrap();
+        assert!(s.admin.token_sha256.get().is_some());
+    }
+
+    #[test]
+    fn proxies_from_env_may_be_empty_or_single() {
+        let s =
+            Settings::load_from(None, env(&[("MPC_GATEWAY__AUTH__TRUSTED_PROXIES", "")])).unwrap();
+        assert!(s.auth.trusted_proxies.is_empty());
+        let s = Settings::load_from(
+            None,
+            env(&[("MPC_GATEWAY__AUTH__TRUSTED_PROXIES", "192.0.2.7")]),
+        )
+        .unwrap();
+        assert_eq!(s.auth.trusted_proxies.len(), 1);
     }
 
     #[test]
