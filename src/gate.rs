@@ -13,6 +13,7 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, ResponseError, web};
 use crate::identity::{AuthError, Identity};
 use crate::problem::Problem;
 use crate::quota::{Decision, Tier, whole_seconds};
+use crate::routes::OPENAPI_ROUTE;
 use crate::startup::AppState;
 
 /// Most header bytes (names and values) a public request may carry.
@@ -33,6 +34,9 @@ pub async fn admit(
             "gateway state missing",
         ));
     };
+    if req.path() == OPENAPI_ROUTE {
+        return Ok(next.call(req).await?.map_into_boxed_body());
+    }
     let header_bytes: usize = req
         .headers()
         .iter()

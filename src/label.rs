@@ -6,6 +6,9 @@
 
 use std::fmt;
 
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+
 /// Longest raw input accepted before trimming.
 pub const MAX_RAW_BYTES: usize = 64;
 
@@ -76,8 +79,24 @@ impl serde::Serialize for Label {
     }
 }
 
+impl utoipa::PartialSchema for Label {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "A trksub, trkid, submission id or submission block id, trimmed.",
+            ))
+            .min_length(Some(1))
+            .max_length(Some(35))
+            .examples(["2024-05-02T21:03:35.001_0000FzZw"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Label {}
+
 /// The accepted format a label has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LabelKind {
     /// A tracklet submission id of 1 to 7 characters.
@@ -246,7 +265,7 @@ fn non_ascii_hint(ch: char) -> &'static str {
 }
 
 /// One accepted label format, for error responses and docs.
-#[derive(Clone, Copy, Debug, serde::Serialize)]
+#[derive(Clone, Copy, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct AcceptedFormat {
     /// The [`LabelKind`] name.
     pub kind: &'static str,

@@ -11,6 +11,7 @@ pub mod gate;
 pub mod identity;
 pub mod label;
 pub mod metrics;
+pub mod openapi;
 pub mod problem;
 pub mod quota;
 pub mod routes;

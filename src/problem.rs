@@ -4,13 +4,15 @@
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use std::time::Duration;
 
 use crate::dedup::Uncertainty;
 use crate::identity::AuthError;
-use crate::label::{ACCEPTED_FORMATS, LabelError};
+use crate::label::{ACCEPTED_FORMATS, AcceptedFormat, LabelError};
 use crate::metrics::{RetrievalDecision, RetrievalOutcome};
 use crate::quota::{Refusal, whole_seconds};
 use crate::upstream::MpcAnswer;
@@ -230,30 +232,6 @@ impl Problem {
         }
     }
 
-    fn extensions(&self, body: &mut Map<String, Value>) {
-        match self {
-            Self::InvalidLabel { label, error } => {
-                body.insert("label".into(), json!(label));
-                body.insert("reason".into(), json!(error.to_string()));
-                body.insert("accepted_formats".into(), json!(ACCEPTED_FORMATS));
-            }
-            Self::UpstreamRejected(answer) => {
-                body.insert("upstream".into(), json!(answer));
-            }
-            Self::PayloadTooLarge { limit } => {
-                body.insert("max_body_bytes".into(), json!(limit));
-            }
-            Self::QuotaExceeded(refusal) => {
-                body.insert("limit".into(), json!(refusal.limit.as_str()));
-                body.insert(
-                    "retry_after_seconds".into(),
-                    json!(whole_seconds(refusal.retry_after)),
-                );
-            }
-            _ => {}
-        }
-    }
-
     /// The retrieve outcome this problem stands for, if it is one.
     pub fn retrieval_outcome(&self) -> Option<RetrievalOutcome> {
         Some(match self {
@@ -296,14 +274,78 @@ impl Problem {
 
     /// The problem document as JSON.
     pub fn to_json(&self) -> Value {
-        let mut body = Map::new();
-        body.insert("type".into(), json!(self.type_uri()));
-        body.insert("title".into(), json!(self.title()));
-        body.insert("status".into(), json!(self.status_code().as_u16()));
-        body.insert("detail".into(), json!(self.detail()));
-        self.extensions(&mut body);
-        Value::Object(body)
+        serde_json::to_value(self.document()).unwrap_or(Value::Null)
     }
+
+    /// The RFC 9457 document, with this problem's extra members.
+    pub fn document(&self) -> ProblemDocument {
+        let mut document = ProblemDocument {
+            type_uri: self.type_uri(),
+            title: self.title(),
+            status: self.status_code().as_u16(),
+            detail: self.detail(),
+            label: None,
+            reason: None,
+            accepted_formats: None,
+            upstream: None,
+            limit: None,
+            retry_after_seconds: None,
+            max_body_bytes: None,
+        };
+        match self {
+            Self::InvalidLabel { label, error } => {
+                document.label = Some(label.clone());
+                document.reason = Some(error.to_string());
+                document.accepted_formats = Some(&ACCEPTED_FORMATS);
+            }
+            Self::UpstreamRejected(answer) => document.upstream = Some(answer.clone()),
+            Self::PayloadTooLarge { limit } => document.max_body_bytes = Some(*limit),
+            Self::QuotaExceeded(refusal) => {
+                document.limit = Some(refusal.limit.as_str());
+                document.retry_after_seconds = Some(whole_seconds(refusal.retry_after));
+            }
+            _ => {}
+        }
+        document
+    }
+}
+
+/// An RFC 9457 problem document, as every error is answered.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProblemDocument {
+    /// A `urn:mpc-gateway:*` URI naming the kind of problem.
+    #[serde(rename = "type")]
+    #[schema(example = "urn:mpc-gateway:invalid-label")]
+    pub type_uri: &'static str,
+    /// A short, fixed summary of the kind of problem.
+    pub title: &'static str,
+    /// The HTTP status.
+    pub status: u16,
+    /// What happened and what to do, for a person.
+    pub detail: String,
+    /// `invalid-label`: the label as sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// `invalid-label`: the rule the label broke.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `invalid-label`: the label formats the MPC accepts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<AcceptedFormat>>)]
+    pub accepted_formats: Option<&'static [AcceptedFormat]>,
+    /// `upstream-rejected`: the MPC's status and body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<MpcAnswer>,
+    /// `quota-exceeded`: which limit refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "upstream_per_hour")]
+    pub limit: Option<&'static str>,
+    /// `quota-exceeded`: whole seconds until the limit admits again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_seconds: Option<u64>,
+    /// `payload-too-large`: the cap on request bodies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<usize>,
 }
 
 impl ResponseError for Problem {
@@ -375,6 +417,7 @@ impl ResponseError for Problem {
 mod tests {
     use super::*;
     use crate::label::Label;
+    use serde_json::json;
 
     #[test]
     fn invalid_label_carries_reason_and_formats() {

@@ -5,20 +5,42 @@ use serde::Serialize;
 
 use crate::identity::Identity;
 use crate::label::{Label, LabelKind};
-use crate::problem::Problem;
+use crate::problem::{Problem, ProblemDocument};
 use crate::routes::timestamp;
 use crate::startup::AppState;
+use utoipa::ToSchema;
 
-#[derive(Serialize)]
-struct LabelStatus<'a> {
+/// A valid label and what the gateway remembers of it.
+#[derive(Serialize, ToSchema)]
+pub struct LabelStatus<'a> {
+    /// The label, trimmed.
+    #[schema(value_type = Label)]
     label: &'a Label,
+    /// Its format.
     label_kind: LabelKind,
+    /// Always `true` (invalid labels get a 422 problem).
     valid: bool,
+    /// When the remembered MPC call was made; `null` when nothing is remembered.
     last_requested_at: Option<String>,
+    /// When the label will be forwarded again; `null` when nothing is remembered.
     resend_available_at: Option<String>,
 }
 
 /// Validates the label and reports what the gateway remembers of it.
+#[utoipa::path(
+    get,
+    path = "/api/action-codes/labels/{label}",
+    tag = "action codes",
+    params(("label" = String, Path, description = "The label to check")),
+    responses(
+        (status = 200, description = "The label is valid; nothing was sent", body = LabelStatus),
+        (status = 401, description = "`unauthenticated`", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid-label`: the label breaks the MPC's rules", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 429, description = "`quota-exceeded`", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 431, description = "`headers-too-large`", body = ProblemDocument, content_type = "application/problem+json"),
+    ),
+    security((), ("bearer" = []), ("api_key" = []))
+)]
 pub async fn status(
     _identity: Identity,
     path: web::Path<String>,

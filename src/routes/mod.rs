@@ -12,6 +12,9 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::problem::Problem;
 
+/// The OpenAPI document, the one public route that needs no identity.
+pub const OPENAPI_ROUTE: &str = "/openapi.json";
+
 /// The retrieve endpoint, the MPC's own path.
 pub const RETRIEVE_ROUTE: &str = "/api/action-codes/retrieve";
 
@@ -25,6 +28,11 @@ pub fn public(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/api/action-codes/labels/{label}")
             .route(web::get().to(labels::status))
+            .default_service(web::to(|| method_not_allowed("GET"))),
+    )
+    .service(
+        web::resource(OPENAPI_ROUTE)
+            .route(web::get().to(crate::openapi::document))
             .default_service(web::to(|| method_not_allowed("GET"))),
     );
 }

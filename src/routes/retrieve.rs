@@ -13,9 +13,11 @@ use crate::identity::Identity;
 use crate::label::{Label, LabelKind};
 use crate::metrics::{RetrievalDecision, RetrievalOutcome};
 use crate::problem::Problem;
+use crate::problem::ProblemDocument;
 use crate::routes::timestamp;
 use crate::startup::AppState;
 use crate::upstream::{MpcAnswer, MpcClient};
+use utoipa::ToSchema;
 
 /// Longest a client may take to send its (small) body once the head is in.
 const BODY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -24,21 +26,36 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CACHE_STATUS: &str = "cache-status";
 
 /// The request body the MPC accepts; other members are ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(expecting = "a JSON object with a string member \"label\"")]
 pub struct RetrieveRequest {
     /// The label exactly as sent, not yet judged.
     pub label: String,
 }
 
-#[derive(Serialize)]
-struct Retrieved<'a> {
+/// The answer to an accepted (or already accepted) request.
+#[derive(Serialize, ToSchema)]
+pub struct Retrieved<'a> {
+    /// `sent`: this request (or the one it joined) reached the MPC, which
+    /// accepted it; `already_requested`: an accepted request for the label
+    /// was made within `dedup.sent_ttl`, so no new email is sent.
+    #[schema(value_type = String, example = "sent")]
     status: &'static str,
+    /// The label, trimmed.
+    #[schema(value_type = Label)]
     label: &'a Label,
+    /// Its format.
     label_kind: LabelKind,
+    /// A sentence for a person.
     message: String,
+    /// When the MPC call that sent the email was made (RFC 3339, UTC).
+    #[schema(example = "2026-11-26T04:00:00Z")]
     requested_at: String,
+    /// When a new request for the label will be forwarded again.
+    #[schema(example = "2026-11-26T05:00:00Z")]
     resend_available_at: String,
+    /// The MPC's status and JSON body.
+    #[schema(value_type = MpcAnswer)]
     upstream: &'a MpcAnswer,
 }
 
@@ -55,6 +72,34 @@ enum Via {
 
 /// Checks the body, then answers from memory, joins the call in flight, or
 /// asks the MPC to email the label's action code.
+#[utoipa::path(
+    post,
+    path = "/api/action-codes/retrieve",
+    tag = "action codes",
+    request_body(content = RetrieveRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The MPC accepted the request (now or within `dedup.sent_ttl`)", body = Retrieved,
+         headers(
+            ("Cache-Status" = String, description = "RFC 9211: `hit; ttl=N`, `fwd=miss; stored` or `fwd=miss; collapsed`"),
+            ("X-Request-Id" = String, description = "The request's id in the gateway's logs"),
+            ("RateLimit-Policy" = String, description = "The caller's upstream quota"),
+            ("RateLimit" = String, description = "What is left of it"),
+         )),
+        (status = 400, description = "`malformed-request`: the body is not JSON or has no string `label`", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthenticated`: no or unknown credentials", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 408, description = "`request-timeout`: the body did not arrive in time", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 413, description = "`payload-too-large`: the body is over `server.max_body_bytes`", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported-media-type`: the body is not declared as JSON", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid-label`: the label breaks the MPC's rules; nothing was sent", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 429, description = "`quota-exceeded`: a per-user limit; see `Retry-After`", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 431, description = "`headers-too-large`", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = "4XX", description = "`upstream-rejected`: the MPC refused the label, with its own 4xx status", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 502, description = "`upstream-error`: the MPC failed or could not be reached", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 503, description = "`upstream-circuit-open` or `gateway-busy`: nothing was sent; see `Retry-After`", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 504, description = "`upstream-timeout`: the MPC did not answer in time; it may still email", body = ProblemDocument, content_type = "application/problem+json"),
+    ),
+    security((), ("bearer" = []), ("api_key" = []))
+)]
 pub async fn retrieve(
     identity: Identity,
     req: HttpRequest,

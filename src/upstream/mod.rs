@@ -28,12 +28,14 @@ const CONNECT_ATTEMPTS: u32 = 3;
 const CONNECT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// The MPC's status and JSON body, as shown to callers.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MpcAnswer {
     /// HTTP status the MPC sent.
+    #[schema(example = 200)]
     pub status: u16,
     /// The MPC's JSON body, verbatim; `None` when empty or not JSON. Kept as
     /// shared text: every remembered copy and every answer carries it.
+    #[schema(value_type = Option<Object>)]
     pub body: Option<Arc<RawValue>>,
 }
 

@@ -39,3 +39,48 @@ async fn public_routes_are_not_on_the_admin_listener() {
 
     assert_eq!(response.status().as_u16(), 404);
 }
+
+#[tokio::test]
+async fn the_openapi_document_needs_no_identity_and_covers_the_api() {
+    let app =
+        crate::helpers::spawn_app_with(|settings| settings.auth.allow_anonymous = false).await;
+
+    let response = app
+        .client
+        .get(format!("{}/openapi.json", app.address))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status().as_u16(), 200);
+    let document: Value = response.json().await.unwrap();
+    assert_eq!(document["openapi"], "3.1.0");
+    let retrieve = &document["paths"]["/api/action-codes/retrieve"]["post"];
+    for status in [
+        "200", "400", "401", "413", "415", "422", "429", "4XX", "502", "503", "504",
+    ] {
+        assert!(
+            retrieve["responses"].get(status).is_some(),
+            "retrieve lacks {status}"
+        );
+    }
+    assert!(document["paths"]["/api/action-codes/labels/{label}"]["get"].is_object());
+    let problem = &document["components"]["schemas"]["ProblemDocument"]["properties"];
+    for member in [
+        "type",
+        "title",
+        "status",
+        "detail",
+        "label",
+        "reason",
+        "accepted_formats",
+        "upstream",
+        "limit",
+        "retry_after_seconds",
+    ] {
+        assert!(
+            problem.get(member).is_some(),
+            "problem schema lacks {member}"
+        );
+    }
+}
