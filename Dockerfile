@@ -2,7 +2,7 @@
 # mpc-action-gateway: multi-stage build with a cached dependency layer.
 
 FROM rust:1.95-slim-bookworm AS chef
-RUN cargo install cargo-chef --locked --version 0.1.71
+RUN cargo install cargo-chef --locked --version 0.1.78
 WORKDIR /app
 
 FROM chef AS planner

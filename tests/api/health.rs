@@ -1,6 +1,7 @@
 //! The admin listener's liveness and readiness endpoints.
 
 use serde_json::Value;
+use utoipa::OpenApi;
 
 use crate::helpers::spawn_app;
 
@@ -83,4 +84,21 @@ async fn the_openapi_document_needs_no_identity_and_covers_the_api() {
             "problem schema lacks {member}"
         );
     }
+}
+
+#[test]
+fn the_committed_openapi_document_is_the_generated_one() {
+    let generated = mpc_action_gateway::openapi::ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap()
+        + "\n";
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json");
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "docs/openapi.json is stale: run `UPDATE_OPENAPI=1 cargo test --test api openapi`"
+    );
 }
