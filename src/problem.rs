@@ -397,7 +397,8 @@ impl ResponseError for Problem {
         if let Some(wait) = self.retry_after() {
             response.insert_header((header::RETRY_AFTER, whole_seconds(wait)));
         }
-        let mut response = response.body(self.to_json().to_string());
+        let body = serde_json::to_vec(&self.document()).unwrap_or_default();
+        let mut response = response.body(body);
         if let Some(outcome) = self.retrieval_outcome() {
             let upstream_status = match self {
                 Self::UpstreamRejected(answer) => Some(answer.status),
