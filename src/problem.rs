@@ -5,7 +5,6 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
-use serde_json::Value;
 use utoipa::ToSchema;
 
 use std::time::Duration;
@@ -272,11 +271,6 @@ impl Problem {
         }
     }
 
-    /// The problem document as JSON.
-    pub fn to_json(&self) -> Value {
-        serde_json::to_value(self.document()).unwrap_or(Value::Null)
-    }
-
     /// The RFC 9457 document, with this problem's extra members.
     pub fn document(&self) -> ProblemDocument {
         let mut document = ProblemDocument {
@@ -418,7 +412,13 @@ impl ResponseError for Problem {
 mod tests {
     use super::*;
     use crate::label::Label;
-    use serde_json::json;
+    use serde_json::{Value, json};
+
+    impl Problem {
+        fn to_json(&self) -> Value {
+            serde_json::to_value(self.document()).unwrap()
+        }
+    }
 
     #[test]
     fn invalid_label_carries_reason_and_formats() {
