@@ -13,25 +13,18 @@ cd "$(dirname "$0")/.."
 command -v schemathesis >/dev/null 2>&1 ||
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore schemathesis
 
-binary=target/debug/mpc-action-gateway
-[ -x "$binary" ] || cargo build --quiet
-log=$(mktemp)
-MPC_GATEWAY__SERVER__LISTEN=127.0.0.1:18280 \
-MPC_GATEWAY__ADMIN__LISTEN=127.0.0.1:18281 \
-MPC_GATEWAY__UPSTREAM__TIMEOUT=2s \
-MPC_GATEWAY__UPSTREAM__CONNECT_TIMEOUT=1s \
-MPC_GATEWAY__UPSTREAM__MAX_PER_MINUTE=1000000 \
-MPC_GATEWAY__QUOTA__TIERS__DEFAULT__REQUESTS_PER_MINUTE=1000000 \
-MPC_GATEWAY__QUOTA__TIERS__DEFAULT__UPSTREAM_PER_HOUR=1000000 \
-MPC_GATEWAY__QUOTA__TIERS__DEFAULT__UPSTREAM_BURST=1000000 \
-MPC_GATEWAY__LOG__LEVEL=warn \
-  "$binary" demo >"$log" 2>&1 &
-gateway=$!
-trap 'kill "$gateway" 2>/dev/null || true; rm -f "$log"' EXIT
-for _ in $(seq 50); do
-  "$binary" healthcheck --url http://127.0.0.1:18281/healthz 2>/dev/null && break
-  sleep 0.1
-done
+. deploy/lib.sh
+export MPC_GATEWAY__SERVER__LISTEN=127.0.0.1:18280 \
+  MPC_GATEWAY__ADMIN__LISTEN=127.0.0.1:18281 \
+  MPC_GATEWAY__UPSTREAM__TIMEOUT=2s \
+  MPC_GATEWAY__UPSTREAM__CONNECT_TIMEOUT=1s \
+  MPC_GATEWAY__UPSTREAM__MAX_PER_MINUTE=1000000 \
+  MPC_GATEWAY__QUOTA__TIERS__DEFAULT__REQUESTS_PER_MINUTE=1000000 \
+  MPC_GATEWAY__QUOTA__TIERS__DEFAULT__UPSTREAM_PER_HOUR=1000000 \
+  MPC_GATEWAY__QUOTA__TIERS__DEFAULT__UPSTREAM_BURST=1000000 \
+  MPC_GATEWAY__LOG__LEVEL=warn
+start_gateway 127.0.0.1:18281 demo
+trap 'kill "$gateway" 2>/dev/null || true' EXIT
 
 schemathesis run http://127.0.0.1:18280/openapi.json \
   --exclude-checks not_a_server_error,positive_data_acceptance \

@@ -13,20 +13,13 @@ fi
 promtool check rules deploy/prometheus/alerts.yml
 (cd deploy/prometheus && promtool test rules alerts_test.yml)
 
-binary=target/debug/mpc-action-gateway
-[ -x "$binary" ] || cargo build --quiet
-log=$(mktemp)
-MPC_GATEWAY__SERVER__LISTEN=127.0.0.1:18180 \
-MPC_GATEWAY__ADMIN__LISTEN=127.0.0.1:18181 \
-MPC_GATEWAY__UPSTREAM__BASE_URL=http://127.0.0.1:9 \
-  "$binary" >"$log" 2>&1 &
-gateway=$!
-trap 'kill "$gateway" 2>/dev/null || true; rm -f "$log"' EXIT
+. deploy/lib.sh
+export MPC_GATEWAY__SERVER__LISTEN=127.0.0.1:18180 \
+  MPC_GATEWAY__ADMIN__LISTEN=127.0.0.1:18181 \
+  MPC_GATEWAY__UPSTREAM__BASE_URL=http://127.0.0.1:9
+start_gateway 127.0.0.1:18181
+trap 'kill "$gateway" 2>/dev/null || true' EXIT
 
-for _ in $(seq 50); do
-  "$binary" healthcheck --url http://127.0.0.1:18181/healthz 2>/dev/null && break
-  sleep 0.1
-done
 # Some traffic, so that every kind of family has series: a refused upstream, a bad label.
 curl -s -o /dev/null -X POST http://127.0.0.1:18180/api/action-codes/retrieve \
   -H 'Content-Type: application/json' -d '{"label": "A10cnQO"}'

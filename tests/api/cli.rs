@@ -15,7 +15,10 @@ fn gateway() -> Command {
     command
 }
 
-fn run_with_stdin(mut command: Command, stdin: &str) -> Output {
+/// Runs `hash-key` with `stdin` as its input.
+fn hash_key(stdin: &str) -> Output {
+    let mut command = gateway();
+    command.arg("hash-key");
     let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -76,14 +79,7 @@ fn validate_exits_1_and_explains_when_any_is_invalid() {
 
 #[test]
 fn hash_key_prints_the_sha256_of_stdin_without_its_newline() {
-    let output = run_with_stdin(
-        {
-            let mut c = gateway();
-            c.arg("hash-key");
-            c
-        },
-        "abc\n",
-    );
+    let output = hash_key("abc\n");
 
     assert_eq!(output.status.code(), Some(0));
     assert_eq!(
@@ -94,14 +90,7 @@ fn hash_key_prints_the_sha256_of_stdin_without_its_newline() {
 
 #[test]
 fn hash_key_refuses_an_empty_key() {
-    let output = run_with_stdin(
-        {
-            let mut c = gateway();
-            c.arg("hash-key");
-            c
-        },
-        "\n",
-    );
+    let output = hash_key("\n");
     assert_eq!(output.status.code(), Some(1));
     assert!(stderr(&output).contains("no key"));
 }

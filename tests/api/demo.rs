@@ -27,28 +27,18 @@ async fn demo_serves_a_full_retrieve_duplicate_status_flow() {
     let second: Value = retrieve(label).await.unwrap().json().await.unwrap();
     assert_eq!(second["status"], "already_requested");
     assert_eq!(second["requested_at"], first["requested_at"]);
-    let status: Value = client
-        .get(format!("{}/api/action-codes/labels/{label}", demo.public))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let get = |url: String| async {
+        let response = client.get(url).send().await.unwrap();
+        response.json::<Value>().await.unwrap()
+    };
+    let status = get(format!("{}/api/action-codes/labels/{label}", demo.public)).await;
     assert_eq!(status["last_requested_at"], first["requested_at"]);
 
     let unknown = retrieve("Z99zzZ9").await.unwrap();
     assert_eq!(unknown.status().as_u16(), 404);
     let failing = retrieve("FAIL001").await.unwrap();
     assert_eq!(failing.status().as_u16(), 502);
-    let admin: Value = client
-        .get(format!("{}/admin/labels/{label}", demo.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin = get(format!("{}/admin/labels/{label}", demo.admin)).await;
     assert_eq!(admin["user"], "anonymous:127.0.0.1");
 
     assert_eq!(demo.terminate().await, Some(0));
