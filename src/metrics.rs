@@ -112,8 +112,11 @@ const UPSTREAM_RESULTS: [&str; 7] = [
     "connection_lost",
 ];
 
+/// The `limit` value for the gateway-wide courtesy budget.
+pub const BUDGET_LIMIT: &str = "max_per_minute";
+
 /// The `limit` label values of `quota_rejections_total`.
-pub const QUOTA_LIMITS: [&str; 3] = ["requests_per_minute", "upstream_per_hour", "max_per_minute"];
+pub const QUOTA_LIMITS: [&str; 3] = ["requests_per_minute", "upstream_per_hour", BUDGET_LIMIT];
 
 /// Every metric the gateway exports.
 pub struct Metrics {

@@ -11,7 +11,7 @@ use tracing::Instrument;
 use crate::dedup::{Claim, Outcome, Remembered, Settled, Uncertainty};
 use crate::identity::Identity;
 use crate::label::{Label, LabelKind};
-use crate::metrics::{RetrievalDecision, RetrievalOutcome};
+use crate::metrics::{BUDGET_LIMIT, RetrievalDecision, RetrievalOutcome};
 use crate::problem::Problem;
 use crate::problem::ProblemDocument;
 use crate::routes::timestamp;
@@ -290,7 +290,7 @@ fn charge_upstream(state: &AppState, identity: &Identity) -> Result<(), Problem>
         })?;
     quotas.admit_budget().map_err(|retry_after| {
         quotas.refund_upstream(identity.user(), identity.tier());
-        state.metrics.quota_rejected("max_per_minute");
+        state.metrics.quota_rejected(BUDGET_LIMIT);
         tracing::warn!("courtesy budget towards the MPC is spent");
         Problem::GatewayBusy { retry_after }
     })

@@ -312,19 +312,9 @@ async fn admin_shows_who_asked_and_can_forget() {
     assert_eq!(shown["upstream"]["status"], 200);
     assert!(shown["requested_at"].is_string() && shown["expires_at"].is_string());
 
-    let forgotten = app
-        .client
-        .delete(format!("{}/admin/labels/{LABEL}", app.admin_address))
-        .send()
-        .await
-        .unwrap();
+    let forgotten = app.admin_delete(&format!("/admin/labels/{LABEL}")).await;
     assert_eq!(forgotten.status().as_u16(), 200);
-    let again = app
-        .client
-        .delete(format!("{}/admin/labels/{LABEL}", app.admin_address))
-        .send()
-        .await
-        .unwrap();
+    let again = app.admin_delete(&format!("/admin/labels/{LABEL}")).await;
     assert_problem(again, 404, "urn:mpc-gateway:not-found").await;
 
     let response: Value = app.retrieve_with(LABEL, &alice).await.json().await.unwrap();

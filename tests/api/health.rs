@@ -22,12 +22,7 @@ async fn healthz_and_readyz_answer_200() {
 async fn admin_routes_are_not_on_the_public_listener() {
     let app = spawn_app().await;
 
-    let response = app
-        .client
-        .get(format!("{}/healthz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let response = app.public_get("/healthz").await;
 
     assert_eq!(response.status().as_u16(), 404);
 }
@@ -46,12 +41,7 @@ async fn the_openapi_document_needs_no_identity_and_covers_the_api() {
     let app =
         crate::helpers::spawn_app_with(|settings| settings.auth.allow_anonymous = false).await;
 
-    let response = app
-        .client
-        .get(format!("{}/openapi.json", app.address))
-        .send()
-        .await
-        .unwrap();
+    let response = app.public_get("/openapi.json").await;
 
     assert_eq!(response.status().as_u16(), 200);
     let document: Value = response.json().await.unwrap();

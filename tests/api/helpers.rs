@@ -345,6 +345,24 @@ impl TestApp {
             .unwrap()
     }
 
+    /// GETs a path on the public listener, without credentials.
+    pub async fn public_get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("request reaches the gateway")
+    }
+
+    /// DELETEs a path on the admin listener.
+    pub async fn admin_delete(&self, path: &str) -> reqwest::Response {
+        self.client
+            .delete(format!("{}{path}", self.admin_address))
+            .send()
+            .await
+            .expect("request reaches the admin listener")
+    }
+
     /// GETs a path on the admin listener.
     pub async fn admin_get(&self, path: &str) -> reqwest::Response {
         self.client

@@ -247,12 +247,7 @@ async fn series_do_not_grow_with_labels_or_users() {
 #[tokio::test]
 async fn metrics_are_only_on_the_admin_listener() {
     let app = spawn_app().await;
-    let response = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap();
+    let response = app.public_get("/metrics").await;
     assert_problem(response, 404, "urn:mpc-gateway:not-found").await;
 }
 

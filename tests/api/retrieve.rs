@@ -376,12 +376,7 @@ async fn wrong_method_is_405_with_allow() {
     let app = spawn_app().await;
     mpc_never_called(&app).await;
 
-    let response = app
-        .client
-        .get(format!("{}/api/action-codes/retrieve", app.address))
-        .send()
-        .await
-        .unwrap();
+    let response = app.public_get("/api/action-codes/retrieve").await;
 
     assert_eq!(response.headers()["allow"], "POST");
     assert_problem(response, 405, "urn:mpc-gateway:method-not-allowed").await;
