@@ -4,7 +4,8 @@
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use actix_web::dev::{Server, ServerHandle};
+use actix_web::body::BoxBody;
+use actix_web::dev::{Server, ServerHandle, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use crate::audit::AuditLog;
 use crate::clock::{Clock, MonotonicClock};
-use crate::config::Settings;
+use crate::config::{Settings, UpstreamSettings};
 use crate::dedup::{Dedup, persist};
 use crate::gate;
 use crate::identity::Authenticator;
@@ -123,6 +124,119 @@ pub enum StartupError {
     Metrics(#[from] prometheus::Error),
 }
 
+/// What both listeners share, built once from the settings; each worker
+/// builds its apps from it.
+#[derive(Clone)]
+pub struct Gateway {
+    state: web::Data<AppState>,
+    readiness: web::Data<Readiness>,
+    metrics: web::Data<Metrics>,
+    audit: web::Data<AuditLog>,
+    admin: web::Data<AdminState>,
+    upstream: UpstreamSettings,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl Gateway {
+    /// Builds the shared state: limiters on `clock`, nothing remembered yet.
+    pub fn new(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
+        let metrics = Arc::new(Metrics::new()?);
+        let audit_path = settings.log.audit_file.get();
+        let audit = AuditLog::open(audit_path).map_err(|source| StartupError::AuditFile {
+            path: audit_path
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            source,
+        })?;
+        let dedup = Dedup::new(&settings.dedup);
+        let admin = AdminState {
+            dedup: Arc::clone(&dedup),
+            token: settings.admin.token_sha256.get().copied(),
+        };
+        let state = AppState {
+            max_body_bytes: settings.server.max_body_bytes.get(),
+            authenticator: Authenticator::new(&settings.auth, &settings.quota),
+            quotas: Quotas::new(clock.clone(), settings.upstream.max_per_minute),
+            dedup,
+            metrics: Arc::clone(&metrics),
+            breaker: Breaker::new(
+                clock,
+                settings.upstream.breaker_failures.get(),
+                settings.upstream.breaker_open_for,
+            ),
+            mpc_slots: Arc::new(Semaphore::new(settings.upstream.max_concurrent.get())),
+            upstream_timeout: settings.upstream.timeout,
+        };
+        Ok(Self {
+            state: web::Data::new(state),
+            readiness: web::Data::new(Readiness::default()),
+            metrics: web::Data::from(metrics),
+            audit: web::Data::new(audit),
+            admin: web::Data::new(admin),
+            upstream: settings.upstream.clone(),
+            tls: tls_config(),
+        })
+    }
+
+    /// Remembered outcomes and calls in flight.
+    pub fn dedup(&self) -> &Arc<Dedup> {
+        &self.state.dedup
+    }
+
+    /// The public API for one worker, with its own MPC client.
+    pub fn public_app(
+        &self,
+    ) -> App<
+        impl ServiceFactory<
+            ServiceRequest,
+            Config = (),
+            Response = ServiceResponse<BoxBody>,
+            Error = actix_web::Error,
+            InitError = (),
+        > + use<>,
+    > {
+        // awc clients are not Send: one per worker thread.
+        let mpc = MpcClient::new(
+            &self.upstream,
+            Arc::clone(&self.tls),
+            self.metrics.clone().into_inner(),
+        );
+        App::new()
+            .wrap(from_fn(gate::admit))
+            .wrap(from_fn(request_context))
+            .app_data(self.state.clone())
+            .app_data(self.readiness.clone())
+            .app_data(self.metrics.clone())
+            .app_data(self.audit.clone())
+            .app_data(web::Data::new(mpc))
+            .configure(routes::public)
+            .default_service(web::to(routes::not_found))
+    }
+
+    /// The admin API (probes, metrics, remembered outcomes).
+    pub fn admin_app(
+        &self,
+    ) -> App<
+        impl ServiceFactory<
+            ServiceRequest,
+            Config = (),
+            Response = ServiceResponse<BoxBody>,
+            Error = actix_web::Error,
+            InitError = (),
+        > + use<>,
+    > {
+        App::new()
+            .wrap(from_fn(request_context))
+            .app_data(self.readiness.clone())
+            .app_data(self.admin.clone())
+            .app_data(self.metrics.clone())
+            .app_data(web::Data::from(Arc::clone(&self.state.dedup)))
+            .app_data(web::Data::from(Arc::clone(&self.state.breaker)))
+            .configure(routes::admin)
+            .default_service(web::to(routes::not_found))
+    }
+}
+
 /// A bound, not yet running gateway: the public and admin servers.
 pub struct Application {
     public_addr: SocketAddr,
@@ -158,21 +272,10 @@ impl Application {
         let public_addr = local_addr("server.listen", &public_listener)?;
         let admin_addr = local_addr("admin.listen", &admin_listener)?;
 
-        let readiness = web::Data::new(Readiness::default());
-        let metrics = Arc::new(Metrics::new()?);
-        let audit_path = settings.log.audit_file.get();
-        let audit = web::Data::new(AuditLog::open(audit_path).map_err(|source| {
-            StartupError::AuditFile {
-                path: audit_path
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-                source,
-            }
-        })?);
-        let dedup = Dedup::new(&settings.dedup);
+        let gateway = Gateway::new(&settings, clock)?;
         let state_file = settings.dedup.state_file.get().map(ToOwned::to_owned);
         if let Some(path) = &state_file {
-            match persist::load(path, &dedup) {
+            match persist::load(path, &gateway.state.dedup) {
                 Ok(count) => tracing::info!(
                     path = %path.display(),
                     remembered = count,
@@ -184,51 +287,13 @@ impl Application {
                 ),
             }
         }
-        let admin_state = web::Data::new(AdminState {
-            dedup: Arc::clone(&dedup),
-            token: settings.admin.token_sha256.get().copied(),
-        });
-        let state = web::Data::new(AppState {
-            max_body_bytes: settings.server.max_body_bytes.get(),
-            authenticator: Authenticator::new(&settings.auth, &settings.quota),
-            quotas: Quotas::new(clock.clone(), settings.upstream.max_per_minute),
-            dedup: Arc::clone(&dedup),
-            metrics: Arc::clone(&metrics),
-            breaker: Breaker::new(
-                clock,
-                settings.upstream.breaker_failures.get(),
-                settings.upstream.breaker_open_for,
-            ),
-            mpc_slots: Arc::new(Semaphore::new(settings.upstream.max_concurrent.get())),
-            upstream_timeout: settings.upstream.timeout,
-        });
-        let breaker_data = web::Data::from(Arc::clone(&state.breaker));
-        let metrics_data = web::Data::from(metrics);
-        let dedup_data = web::Data::from(dedup);
-        let housekeeping_state = state.clone();
-        let upstream = settings.upstream.clone();
-        let tls = tls_config();
-        let public_metrics = metrics_data.clone();
-        let public_readiness = readiness.clone();
-        let mut public = HttpServer::new(move || {
-            // awc clients are not Send: one per worker thread.
-            let mpc = MpcClient::new(&upstream, tls.clone(), public_metrics.clone().into_inner());
-            App::new()
-                .wrap(from_fn(gate::admit))
-                .wrap(from_fn(request_context))
-                .app_data(state.clone())
-                .app_data(public_readiness.clone())
-                .app_data(public_metrics.clone())
-                .app_data(audit.clone())
-                .app_data(web::Data::new(mpc))
-                .configure(routes::public)
-                .default_service(web::to(routes::not_found))
-        })
-        .disable_signals()
-        .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
-        .client_disconnect_timeout(Duration::from_secs(1))
-        .keep_alive(KEEP_ALIVE)
-        .shutdown_timeout(shutdown_timeout(&settings));
+        let public_gateway = gateway.clone();
+        let mut public = HttpServer::new(move || public_gateway.public_app())
+            .disable_signals()
+            .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+            .client_disconnect_timeout(Duration::from_secs(1))
+            .keep_alive(KEEP_ALIVE)
+            .shutdown_timeout(shutdown_timeout(&settings));
         if settings.server.workers > 0 {
             public = public.workers(settings.server.workers);
         }
@@ -241,35 +306,25 @@ impl Application {
             })?
             .run();
 
-        let admin_readiness = readiness.clone();
-        let admin = HttpServer::new(move || {
-            App::new()
-                .wrap(from_fn(request_context))
-                .app_data(admin_readiness.clone())
-                .app_data(admin_state.clone())
-                .app_data(metrics_data.clone())
-                .app_data(dedup_data.clone())
-                .app_data(breaker_data.clone())
-                .configure(routes::admin)
-                .default_service(web::to(routes::not_found))
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(admin_listener)
-        .map_err(|source| StartupError::Bind {
-            key: "admin.listen",
-            addr: admin_addr,
-            source,
-        })?
-        .run();
+        let admin_gateway = gateway.clone();
+        let admin = HttpServer::new(move || admin_gateway.admin_app())
+            .workers(1)
+            .disable_signals()
+            .listen(admin_listener)
+            .map_err(|source| StartupError::Bind {
+                key: "admin.listen",
+                addr: admin_addr,
+                source,
+            })?
+            .run();
 
         Ok(Self {
             public_addr,
             admin_addr,
             public,
             admin,
-            readiness,
-            state: housekeeping_state,
+            readiness: gateway.readiness,
+            state: gateway.state,
             state_file,
             drain_timeout: settings.upstream.timeout + Duration::from_secs(2),
         })
