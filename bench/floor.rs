@@ -3,20 +3,16 @@
 //! machine, and the upstream for the gateway's miss path in `bench/run.sh`.
 //! `cargo run --release --example floor -- 127.0.0.1:18400`
 
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::HttpServer;
 
-async fn retrieve(_body: web::Bytes) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(r#"{"message":"queued"}"#)
-}
+mod floor_app;
 
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
     let address = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:18400".to_owned());
-    HttpServer::new(|| App::new().route("/api/action-codes/retrieve", web::post().to(retrieve)))
+    HttpServer::new(floor_app::app)
         .workers(1)
         .bind(address)?
         .run()
