@@ -15,7 +15,7 @@ use crate::dedup::{Dedup, Outcome, Remembered};
 use crate::identity::bearer_token;
 use crate::label::{Label, LabelKind};
 use crate::problem::Problem;
-use crate::routes::timestamp;
+use crate::routes::{Timestamp, timestamp};
 
 /// State of the admin listener.
 pub struct AdminState {
@@ -50,8 +50,8 @@ struct RememberedLabel<'a> {
     label_kind: LabelKind,
     #[serde(flatten)]
     outcome: &'a Outcome,
-    requested_at: String,
-    expires_at: String,
+    requested_at: Timestamp,
+    expires_at: Timestamp,
     remaining_seconds: u64,
     user: &'a str,
 }

@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::identity::Identity;
 use crate::label::{Label, LabelKind};
 use crate::problem::{Problem, ProblemDocument};
-use crate::routes::timestamp;
+use crate::routes::{Timestamp, timestamp};
 use crate::startup::AppState;
 use utoipa::ToSchema;
 
@@ -21,9 +21,11 @@ pub struct LabelStatus<'a> {
     /// Always `true` (invalid labels get a 422 problem).
     valid: bool,
     /// When the remembered MPC call was made; `null` when nothing is remembered.
-    last_requested_at: Option<String>,
+    #[schema(value_type = Option<String>)]
+    last_requested_at: Option<Timestamp>,
     /// When the label will be forwarded again; `null` when nothing is remembered.
-    resend_available_at: Option<String>,
+    #[schema(value_type = Option<String>)]
+    resend_available_at: Option<Timestamp>,
 }
 
 /// Validates the label and reports what the gateway remembers of it.

@@ -5,10 +5,14 @@ pub mod health;
 pub mod labels;
 pub mod retrieve;
 
+use std::fmt;
+use std::io::Write;
 use std::time::SystemTime;
 
 use actix_web::middleware::from_fn;
 use actix_web::{HttpRequest, HttpResponse, web};
+
+use serde::{Serialize, Serializer};
 
 use crate::problem::Problem;
 
@@ -67,8 +71,56 @@ pub fn admin(cfg: &mut web::ServiceConfig) {
 }
 
 /// A point in time as RFC 3339 UTC with whole seconds, e.g. `2026-11-26T04:00:00Z`.
-pub fn timestamp(at: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(at).to_string()
+pub fn timestamp(at: SystemTime) -> Timestamp {
+    Timestamp::new(at)
+}
+
+/// An RFC 3339 UTC time with whole seconds, formatted once, without allocating.
+#[derive(Clone, Copy)]
+pub struct Timestamp {
+    text: [u8; Self::CAPACITY],
+    len: u8,
+}
+
+impl Timestamp {
+    /// Room for any year up to 9999 (20 bytes) and beyond.
+    const CAPACITY: usize = 32;
+
+    /// `at`, formatted.
+    pub fn new(at: SystemTime) -> Self {
+        let mut text = [0; Self::CAPACITY];
+        let mut rest = &mut text[..];
+        // `SystemTime` cannot reach a year whose text overflows 32 bytes.
+        let _ = write!(rest, "{}", humantime::format_rfc3339_seconds(at));
+        let len = Self::CAPACITY - rest.len();
+        Self {
+            text,
+            len: u8::try_from(len).unwrap_or(u8::MAX),
+        }
+    }
+
+    /// The text, e.g. `2026-11-26T04:00:00Z`.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.text[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 /// Answer for paths no route matches.
@@ -78,4 +130,24 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, Problem> {
 
 async fn method_not_allowed(allow: &'static str) -> Result<HttpResponse, Problem> {
     Err(Problem::MethodNotAllowed { allow })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_in_whole_seconds() {
+        let at = UNIX_EPOCH + Duration::from_millis(1_795_665_600_999);
+        let stamp = timestamp(at);
+        assert_eq!(stamp.as_str(), "2026-11-26T04:00:00Z");
+        assert_eq!(stamp.to_string(), "2026-11-26T04:00:00Z");
+        assert_eq!(
+            serde_json::to_string(&stamp).unwrap(),
+            "\"2026-11-26T04:00:00Z\""
+        );
+        assert_eq!(timestamp(UNIX_EPOCH).as_str(), "1970-01-01T00:00:00Z");
+    }
 }

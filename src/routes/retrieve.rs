@@ -1,6 +1,8 @@
 //! `POST /api/action-codes/retrieve`: the MPC's own request, checked and forwarded.
 
+use std::fmt;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderName, HeaderValue};
@@ -14,13 +16,19 @@ use crate::label::{Label, LabelKind};
 use crate::metrics::{BUDGET_LIMIT, RetrievalDecision, RetrievalOutcome};
 use crate::problem::Problem;
 use crate::problem::ProblemDocument;
-use crate::routes::timestamp;
+use crate::routes::{Timestamp, timestamp};
 use crate::startup::AppState;
 use crate::upstream::{MpcAnswer, MpcClient};
 use utoipa::ToSchema;
 
 /// Longest a client may take to send its (small) body once the head is in.
 const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Room for a typical answer, so it is written without growing.
+const ANSWER_CAPACITY: usize = 640;
+
+/// The media type of answers.
+const JSON: &str = "application/json";
 
 /// Header telling caches and people where an answer came from (RFC 9211).
 pub const CACHE_STATUS: &str = "cache-status";
@@ -49,13 +57,14 @@ pub struct Retrieved<'a> {
     /// Its format.
     label_kind: LabelKind,
     /// A sentence for a person.
-    message: String,
+    #[schema(value_type = String)]
+    message: SentMessage<'a>,
     /// When the MPC call that sent the email was made (RFC 3339, UTC).
-    #[schema(example = "2026-11-26T04:00:00Z")]
-    requested_at: String,
+    #[schema(value_type = String, example = "2026-11-26T04:00:00Z")]
+    requested_at: Timestamp,
     /// When a new request for the label will be forwarded again.
-    #[schema(example = "2026-11-26T05:00:00Z")]
-    resend_available_at: String,
+    #[schema(value_type = String, example = "2026-11-26T05:00:00Z")]
+    resend_available_at: Timestamp,
     /// The MPC's status and JSON body.
     #[schema(value_type = MpcAnswer)]
     upstream: &'a MpcAnswer,
@@ -250,32 +259,73 @@ fn decide(settled: &Settled, via: Via) -> RetrievalDecision {
 fn sent(label: &Label, remembered: &Remembered, upstream: &MpcAnswer, via: Via) -> HttpResponse {
     let requested_at = timestamp(remembered.requested_at());
     let resend_available_at = timestamp(remembered.expires_at());
-    let (status, message) = if via == Via::Memory {
-        (
-            "already_requested",
-            format!(
-                "The MPC already accepted a request for {label} at {requested_at}, so no new \
-                 email is sent; ask again after {resend_available_at} if it never arrived."
-            ),
-        )
-    } else {
-        (
-            "sent",
-            format!(
-                "The MPC accepted the request: it emails the action code for {label} to the \
-                 address that submitted it."
-            ),
-        )
-    };
-    HttpResponse::Ok().json(Retrieved {
-        status,
+    let remembered = via == Via::Memory;
+    let answer = Retrieved {
+        status: if remembered {
+            "already_requested"
+        } else {
+            "sent"
+        },
         label,
         label_kind: label.kind(),
-        message,
+        message: SentMessage {
+            label,
+            requested_at,
+            resend_available_at,
+            remembered,
+        },
         requested_at,
         resend_available_at,
         upstream,
-    })
+    };
+    // Written into a buffer sized for it, where `HttpResponse::json` would
+    // grow one from empty; like it, a failure (none is possible for these
+    // types) is a plain 500.
+    let mut body = Vec::with_capacity(ANSWER_CAPACITY);
+    match serde_json::to_writer(&mut body, &answer) {
+        Ok(()) => HttpResponse::Ok()
+            .insert_header((header::CONTENT_TYPE, HeaderValue::from_static(JSON)))
+            .body(body),
+        Err(error) => HttpResponse::from_error(actix_web::error::ErrorInternalServerError(error)),
+    }
+}
+
+/// The sentence of a [`Retrieved`] answer, written straight into its JSON.
+struct SentMessage<'a> {
+    label: &'a Label,
+    requested_at: Timestamp,
+    resend_available_at: Timestamp,
+    remembered: bool,
+}
+
+impl fmt::Display for SentMessage<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self {
+            label,
+            requested_at,
+            resend_available_at,
+            ..
+        } = self;
+        if self.remembered {
+            write!(
+                f,
+                "The MPC already accepted a request for {label} at {requested_at}, so no new \
+                 email is sent; ask again after {resend_available_at} if it never arrived."
+            )
+        } else {
+            write!(
+                f,
+                "The MPC accepted the request: it emails the action code for {label} to the \
+                 address that submitted it."
+            )
+        }
+    }
+}
+
+impl Serialize for SentMessage<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 /// Charges the user's upstream quota, then the courtesy budget; a refusal
@@ -336,14 +386,20 @@ async fn read_body(
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(Problem::PayloadTooLarge { limit });
     }
-    let read = tokio::time::timeout(BODY_TIMEOUT, payload.to_bytes_limited(limit));
-    match read.await {
-        Err(_) => Err(Problem::BodyTimeout),
-        Ok(Ok(Ok(bytes))) => Ok(bytes),
-        Ok(Ok(Err(error))) => Err(Problem::MalformedRequest(format!(
+    let mut read = std::pin::pin!(payload.to_bytes_limited(limit));
+    // A small body usually came in with the head: then no timer is needed.
+    let read = match read.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(read) => read,
+        Poll::Pending => tokio::time::timeout(BODY_TIMEOUT, read)
+            .await
+            .map_err(|_| Problem::BodyTimeout)?,
+    };
+    match read {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(error)) => Err(Problem::MalformedRequest(format!(
             "the body could not be read ({error})"
         ))),
-        Ok(Err(_)) => Err(Problem::PayloadTooLarge { limit }),
+        Err(_) => Err(Problem::PayloadTooLarge { limit }),
     }
 }
 
