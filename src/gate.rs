@@ -81,12 +81,6 @@ fn refuse(req: ServiceRequest, problem: Problem) -> ServiceResponse<BoxBody> {
 
 /// The two RateLimit fields, in structured-field form, for the upstream quota.
 pub fn ratelimit_fields(tier: &Tier, status: &Decision) -> (HeaderValue, HeaderValue) {
-    let limit = &tier.upstream;
-    let policy = format!(
-        "\"upstream\";q={};w={}",
-        limit.count(),
-        limit.period().as_secs()
-    );
     let reset = if status.reset_after.is_zero() {
         0
     } else {
@@ -94,8 +88,8 @@ pub fn ratelimit_fields(tier: &Tier, status: &Decision) -> (HeaderValue, HeaderV
     };
     let remaining = format!("\"upstream\";r={};t={reset}", status.remaining);
     (
-        HeaderValue::from_str(&policy).expect("digits and quotes are a valid header"),
-        HeaderValue::from_str(&remaining).expect("digits and quotes are a valid header"),
+        tier.upstream_policy.clone(),
+        HeaderValue::try_from(remaining).expect("digits and quotes are a valid header"),
     )
 }
 

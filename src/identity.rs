@@ -135,26 +135,26 @@ impl Authenticator {
             .tiers
             .iter()
             .map(|(name, t)| {
-                let tier = Tier {
-                    name: name.as_str().into(),
-                    requests: Limit::per_minute(t.requests_per_minute),
-                    upstream: Limit::new(
+                let tier = Tier::new(
+                    name,
+                    Limit::per_minute(t.requests_per_minute),
+                    Limit::new(
                         t.upstream_per_hour,
                         Duration::from_secs(3600),
                         t.upstream_burst,
                     ),
-                };
+                );
                 (name.as_str(), Arc::new(tier))
             })
             .collect();
         // Settings checking guarantees every named tier exists.
         let tier = |name: &str| tiers.get(name).or(tiers.get(DEFAULT_TIER)).cloned();
         let default_tier = tier(DEFAULT_TIER).unwrap_or_else(|| {
-            Arc::new(Tier {
-                name: DEFAULT_TIER.into(),
-                requests: Limit::per_minute(1.try_into().expect("1 is not zero")),
-                upstream: Limit::per_minute(1.try_into().expect("1 is not zero")),
-            })
+            Arc::new(Tier::new(
+                DEFAULT_TIER,
+                Limit::per_minute(1.try_into().expect("1 is not zero")),
+                Limit::per_minute(1.try_into().expect("1 is not zero")),
+            ))
         });
         let keys = auth
             .keys

@@ -13,6 +13,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::http::header::HeaderValue;
 use dashmap::DashMap;
 
 use crate::clock::{Clock, nanos};
@@ -197,6 +198,26 @@ pub struct Tier {
     pub requests: Limit,
     /// Requests forwarded to the MPC.
     pub upstream: Limit,
+    /// The `upstream` limit as a `RateLimit-Policy` field, rendered once.
+    pub upstream_policy: HeaderValue,
+}
+
+impl Tier {
+    /// A tier named `name` with these limits.
+    pub fn new(name: &str, requests: Limit, upstream: Limit) -> Self {
+        let policy = format!(
+            "\"upstream\";q={};w={}",
+            upstream.count(),
+            upstream.period().as_secs()
+        );
+        Self {
+            name: name.into(),
+            requests,
+            upstream,
+            upstream_policy: HeaderValue::try_from(policy)
+                .expect("digits and quotes are a valid header"),
+        }
+    }
 }
 
 /// A refusal by a limit, with when to try again.
@@ -317,11 +338,11 @@ mod tests {
     }
 
     fn tier(rpm: u32, per_hour: u32, burst: u32) -> Tier {
-        Tier {
-            name: "t".into(),
-            requests: Limit::per_minute(nz(rpm)),
-            upstream: Limit::new(nz(per_hour), Duration::from_secs(3600), nz(burst)),
-        }
+        Tier::new(
+            "t",
+            Limit::per_minute(nz(rpm)),
+            Limit::new(nz(per_hour), Duration::from_secs(3600), nz(burst)),
+        )
     }
 
     fn quotas(budget: u32) -> (Arc<FakeClock>, Quotas) {
