@@ -55,6 +55,11 @@ impl AuditLog {
         Ok(Self { file })
     }
 
+    /// Whether lines are written anywhere.
+    pub fn is_enabled(&self) -> bool {
+        self.file.is_some()
+    }
+
     /// Appends one line; each line is written whole with a single write.
     pub fn record(&self, entry: &AuditEntry<'_>) {
         let Some(file) = &self.file else {

@@ -2,15 +2,17 @@
 //! fixed set (route templates, outcomes, kinds, results): no user, key or
 //! label value ever becomes a series.
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use actix_web::http::Method;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::label::LabelKind;
+use crate::routes::{TEMPLATES, UNMATCHED};
 use crate::upstream::{Reply, UpstreamFailure};
 
 /// What became of one retrieve request.
@@ -118,12 +120,53 @@ pub const BUDGET_LIMIT: &str = "max_per_minute";
 /// The `limit` label values of `quota_rejections_total`.
 pub const QUOTA_LIMITS: [&str; 3] = ["requests_per_minute", "upstream_per_hour", BUDGET_LIMIT];
 
+/// The HTTP series of one route template, resolved once: looking a series
+/// up by its label values hashes them, on every request.
+pub struct RouteSeries {
+    template: &'static str,
+    duration: Histogram,
+    requests: IntCounterVec,
+    /// One per method and status slot, created on first use so that only
+    /// answered combinations are exported.
+    counters: Box<[OnceLock<IntCounter>]>,
+}
+
+impl RouteSeries {
+    fn new(template: &'static str, requests: &IntCounterVec, duration: &HistogramVec) -> Self {
+        Self {
+            template,
+            duration: duration.with_label_values(&[template]),
+            requests: requests.clone(),
+            counters: (0..METHODS.len() * STATUSES.len())
+                .map(|_| OnceLock::new())
+                .collect(),
+        }
+    }
+
+    /// The route's template, as in the `route` label.
+    pub fn template(&self) -> &'static str {
+        self.template
+    }
+
+    /// Counts and times one answered request.
+    pub fn observe(&self, method: &Method, status: u16, elapsed: Duration) {
+        let method = method_index(method);
+        let status = status_index(status);
+        self.counters[method * STATUSES.len() + status]
+            .get_or_init(|| {
+                self.requests
+                    .with_label_values(&[self.template, METHODS[method], STATUSES[status]])
+            })
+            .inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
-    http_requests: IntCounterVec,
-    http_duration: HistogramVec,
-    retrievals: IntCounterVec,
+    routes: Vec<RouteSeries>,
+    retrievals: Box<[IntCounter]>,
     upstream_requests: IntCounterVec,
     upstream_duration: Histogram,
     upstream_in_flight: IntGauge,
@@ -223,11 +266,20 @@ impl Metrics {
             .iter()
             .map(|kind| kind.as_str())
             .chain(["none"]);
-        for kind in kinds {
-            for outcome in RetrievalOutcome::ALL {
-                retrievals.with_label_values(&[outcome.as_str(), kind]);
-            }
-        }
+        // Resolved once, in `retrieval_index` order.
+        let retrieval_series = RetrievalOutcome::ALL
+            .iter()
+            .flat_map(|outcome| {
+                kinds
+                    .clone()
+                    .map(|kind| retrievals.with_label_values(&[outcome.as_str(), kind]))
+            })
+            .collect();
+        let routes = TEMPLATES
+            .iter()
+            .chain(&[UNMATCHED])
+            .map(|template| RouteSeries::new(template, &http_requests, &http_duration))
+            .collect();
         for result in UPSTREAM_RESULTS {
             upstream_requests.with_label_values(&[result]);
         }
@@ -237,9 +289,8 @@ impl Metrics {
 
         Ok(Self {
             registry,
-            http_requests,
-            http_duration,
-            retrievals,
+            routes,
+            retrievals: retrieval_series,
             upstream_requests,
             upstream_duration,
             upstream_in_flight,
@@ -249,22 +300,18 @@ impl Metrics {
         })
     }
 
-    /// Counts and times one answered HTTP request.
-    pub fn observe_http(&self, route: &str, method: &Method, status: u16, elapsed: Duration) {
-        self.http_requests
-            .with_label_values(&[route, method_label(method), status_label(status)])
-            .inc();
-        self.http_duration
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
+    /// The HTTP series of a route template (one of [`TEMPLATES`]; any
+    /// other counts as [`UNMATCHED`]).
+    pub fn route(&self, template: &str) -> &RouteSeries {
+        self.routes
+            .iter()
+            .find(|series| series.template == template)
+            .unwrap_or_else(|| self.routes.last().expect("the unmatched series exists"))
     }
 
     /// Counts one retrieve request's outcome.
     pub fn count_retrieval(&self, outcome: RetrievalOutcome, kind: Option<LabelKind>) {
-        let kind = kind.map_or("none", LabelKind::as_str);
-        self.retrievals
-            .with_label_values(&[outcome.as_str(), kind])
-            .inc();
+        self.retrievals[retrieval_index(outcome, kind)].inc();
     }
 
     /// Counts a refusal by `limit` (one of [`QUOTA_LIMITS`]).
@@ -329,61 +376,65 @@ impl Drop for UpstreamCall<'_> {
 }
 
 /// Methods outside the usual few share one value, so clients cannot mint series.
-fn method_label(method: &Method) -> &'static str {
+/// The `method` label values; anything else is `other`.
+const METHODS: [&str; 8] = [
+    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "other",
+];
+
+fn method_index(method: &Method) -> usize {
     match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::PATCH => "PATCH",
-        _ => "other",
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::DELETE => 3,
+        Method::HEAD => 4,
+        Method::OPTIONS => 5,
+        Method::PATCH => 6,
+        _ => 7,
     }
 }
 
-fn status_label(status: u16) -> &'static str {
-    const CODES: [(u16, &str); 20] = [
-        (200, "200"),
-        (201, "201"),
-        (204, "204"),
-        (400, "400"),
-        (401, "401"),
-        (403, "403"),
-        (404, "404"),
-        (405, "405"),
-        (408, "408"),
-        (409, "409"),
-        (413, "413"),
-        (415, "415"),
-        (422, "422"),
-        (429, "429"),
-        (431, "431"),
-        (500, "500"),
-        (502, "502"),
-        (503, "503"),
-        (504, "504"),
-        (410, "410"),
+/// The `status` label values: the statuses the gateway answers with, then
+/// a class for any other.
+const STATUSES: [&str; 25] = [
+    "200", "201", "204", "400", "401", "403", "404", "405", "408", "409", "410", "413", "415",
+    "422", "429", "431", "500", "502", "503", "504", "1xx", "2xx", "3xx", "4xx", "5xx",
+];
+
+fn status_index(status: u16) -> usize {
+    const EXACT: [u16; 20] = [
+        200, 201, 204, 400, 401, 403, 404, 405, 408, 409, 410, 413, 415, 422, 429, 431, 500, 502,
+        503, 504,
     ];
-    CODES
+    EXACT
         .iter()
-        .find(|(code, _)| *code == status)
-        .map_or_else(|| status_class(status), |(_, text)| text)
+        .position(|code| *code == status)
+        .unwrap_or(match status {
+            100..=199 => 20,
+            200..=299 => 21,
+            300..=399 => 22,
+            400..=499 => 23,
+            _ => 24,
+        })
 }
 
-fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
+/// Where an outcome and kind's counter sits in `Metrics::retrievals`.
+fn retrieval_index(outcome: RetrievalOutcome, kind: Option<LabelKind>) -> usize {
+    let kinds = LabelKind::ALL.len() + 1;
+    let outcome = RetrievalOutcome::ALL
+        .iter()
+        .position(|o| *o == outcome)
+        .unwrap_or_default();
+    let kind = kind
+        .and_then(|kind| LabelKind::ALL.iter().position(|k| *k == kind))
+        .unwrap_or(LabelKind::ALL.len());
+    outcome * kinds + kind
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routes::RETRIEVE_ROUTE;
 
     #[test]
     fn known_series_are_exported_at_zero() {
@@ -424,8 +475,56 @@ mod tests {
 
     #[test]
     fn client_chosen_methods_and_statuses_stay_bounded() {
-        assert_eq!(method_label(&Method::from_bytes(b"BREW").unwrap()), "other");
-        assert_eq!(status_label(418), "4xx");
-        assert_eq!(status_label(422), "422");
+        let method = |m: &[u8]| METHODS[method_index(&Method::from_bytes(m).unwrap())];
+        assert_eq!(method(b"BREW"), "other");
+        assert_eq!(method(b"DELETE"), "DELETE");
+        let status = |code| STATUSES[status_index(code)];
+        assert_eq!(status(418), "4xx");
+        assert_eq!(status(422), "422");
+        assert_eq!(status(302), "3xx");
+        assert_eq!(status(999), "5xx");
+        for (index, label) in STATUSES.iter().enumerate().take(20) {
+            assert_eq!(status_index(label.parse().unwrap()), index, "{label}");
+        }
+    }
+
+    #[test]
+    fn every_outcome_and_kind_has_its_own_counter() {
+        let kinds = LabelKind::ALL.iter().copied().map(Some).chain([None]);
+        let mut seen = std::collections::HashSet::new();
+        for outcome in RetrievalOutcome::ALL {
+            for kind in kinds.clone() {
+                assert!(seen.insert(retrieval_index(outcome, kind)));
+            }
+        }
+        let metrics = Metrics::new().unwrap();
+        assert_eq!(seen.len(), metrics.retrievals.len());
+        metrics.count_retrieval(RetrievalOutcome::Coalesced, Some(LabelKind::Trkid));
+        assert!(metrics.render().contains(
+            "mpc_gateway_retrievals_total{label_kind=\"trkid\",outcome=\"coalesced\"} 1"
+        ));
+    }
+
+    #[test]
+    fn requests_are_counted_under_their_route_template() {
+        let metrics = Metrics::new().unwrap();
+        let route = metrics.route(RETRIEVE_ROUTE);
+        assert_eq!(route.template(), RETRIEVE_ROUTE);
+        route.observe(&Method::POST, 422, Duration::from_millis(1));
+        route.observe(&Method::POST, 422, Duration::from_millis(1));
+        metrics
+            .route("/not/a/template")
+            .observe(&Method::GET, 404, Duration::from_millis(1));
+        let text = metrics.render();
+        assert!(text.contains(
+            "mpc_gateway_http_requests_total{method=\"POST\",route=\"/api/action-codes/retrieve\",status=\"422\"} 2"
+        ));
+        assert!(text.contains(
+            "mpc_gateway_http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"} 1"
+        ));
+        assert!(
+            !text.contains("status=\"200\""),
+            "only answered statuses are exported"
+        );
     }
 }

@@ -17,7 +17,7 @@ use crate::config::{LogFormat, LogSettings};
 use crate::identity::Identity;
 use crate::label::{Label, LabelKind};
 use crate::metrics::{Metrics, RetrievalDecision};
-use crate::routes::RETRIEVE_ROUTE;
+use crate::routes::{RETRIEVE_ROUTE, template_of};
 use crate::startup::Readiness;
 
 /// Header carrying the request id, in and out.
@@ -99,14 +99,12 @@ pub async fn request_context(
     let readiness = req.app_data::<web::Data<Readiness>>().cloned();
     let _active = readiness.as_ref().map(|readiness| readiness.enter());
     let request_id = RequestId::from_header(req.headers().get(X_REQUEST_ID));
-    let route = req
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route = template_of(req.request());
     let span = tracing::info_span!(
         "request",
         request_id = request_id.as_str(),
         method = %req.method(),
-        route = %route,
+        route,
         user = tracing::field::Empty,
         label_kind = tracing::field::Empty,
         outcome = tracing::field::Empty,
@@ -127,7 +125,7 @@ pub async fn request_context(
     let elapsed = started.elapsed();
     observe(
         &response,
-        &route,
+        route,
         &method,
         request_id.as_str(),
         elapsed,
@@ -158,7 +156,9 @@ fn observe(
     let Some(metrics) = request.app_data::<web::Data<Metrics>>() else {
         return;
     };
-    metrics.observe_http(route, method, response.status().as_u16(), elapsed);
+    metrics
+        .route(route)
+        .observe(method, response.status().as_u16(), elapsed);
     if route != RETRIEVE_ROUTE {
         return;
     }
@@ -175,7 +175,10 @@ fn observe(
     let kind = label.map(Label::kind);
     metrics.count_retrieval(decision.outcome, kind);
     span.record("outcome", decision.outcome.as_str());
-    if let Some(audit) = request.app_data::<web::Data<AuditLog>>() {
+    if let Some(audit) = request
+        .app_data::<web::Data<AuditLog>>()
+        .filter(|audit| audit.is_enabled())
+    {
         audit.record(&AuditEntry {
             timestamp: AuditEntry::now(),
             request_id,

@@ -22,20 +22,50 @@ pub const OPENAPI_ROUTE: &str = "/openapi.json";
 /// The retrieve endpoint, the MPC's own path.
 pub const RETRIEVE_ROUTE: &str = "/api/action-codes/retrieve";
 
+/// What the gateway knows of a label.
+pub const LABEL_ROUTE: &str = "/api/action-codes/labels/{label}";
+
+/// Liveness probe (admin listener).
+pub const HEALTHZ_ROUTE: &str = "/healthz";
+
+/// Readiness probe (admin listener).
+pub const READYZ_ROUTE: &str = "/readyz";
+
+/// Prometheus metrics (admin listener).
+pub const METRICS_ROUTE: &str = "/metrics";
+
+/// A remembered outcome, shown or forgotten (admin listener).
+pub const ADMIN_LABEL_ROUTE: &str = "/admin/labels/{label}";
+
+/// Every route template: the `route` label of the HTTP metrics, and each
+/// resource's name, so a request's template is found without allocating.
+pub const TEMPLATES: [&str; 7] = [
+    RETRIEVE_ROUTE,
+    LABEL_ROUTE,
+    OPENAPI_ROUTE,
+    HEALTHZ_ROUTE,
+    READYZ_ROUTE,
+    METRICS_ROUTE,
+    ADMIN_LABEL_ROUTE,
+];
+
+/// The `route` label of requests no route matches.
+pub const UNMATCHED: &str = "unmatched";
+
 /// Routes of the public listener.
 pub fn public(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource(RETRIEVE_ROUTE)
+        resource(RETRIEVE_ROUTE, RETRIEVE_ROUTE)
             .route(web::post().to(retrieve::retrieve))
             .default_service(web::to(|| method_not_allowed("POST"))),
     )
     .service(
-        web::resource("/api/action-codes/labels/{label}")
+        resource(LABEL_ROUTE, LABEL_ROUTE)
             .route(web::get().to(labels::status))
             .default_service(web::to(|| method_not_allowed("GET"))),
     )
     .service(
-        web::resource(OPENAPI_ROUTE)
+        resource(OPENAPI_ROUTE, OPENAPI_ROUTE)
             .route(web::get().to(crate::openapi::document))
             .default_service(web::to(|| method_not_allowed("GET"))),
     );
@@ -44,17 +74,17 @@ pub fn public(cfg: &mut web::ServiceConfig) {
 /// Routes of the admin listener.
 pub fn admin(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource("/healthz")
+        resource(HEALTHZ_ROUTE, HEALTHZ_ROUTE)
             .route(web::get().to(health::healthz))
             .default_service(web::to(|| method_not_allowed("GET"))),
     )
     .service(
-        web::resource("/readyz")
+        resource(READYZ_ROUTE, READYZ_ROUTE)
             .route(web::get().to(health::readyz))
             .default_service(web::to(|| method_not_allowed("GET"))),
     )
     .service(
-        web::resource("/metrics")
+        resource(METRICS_ROUTE, METRICS_ROUTE)
             .route(web::get().to(health::metrics))
             .default_service(web::to(|| method_not_allowed("GET"))),
     )
@@ -62,12 +92,30 @@ pub fn admin(cfg: &mut web::ServiceConfig) {
         web::scope("/admin")
             .wrap(from_fn(admin::require_token))
             .service(
-                web::resource("/labels/{label}")
+                resource("/labels/{label}", ADMIN_LABEL_ROUTE)
                     .route(web::get().to(admin::show))
                     .route(web::delete().to(admin::forget))
                     .default_service(web::to(|| method_not_allowed("GET, DELETE"))),
             ),
     );
+}
+
+/// A resource at `path` (relative to its scope), named by its full template.
+fn resource(path: &'static str, template: &'static str) -> actix_web::Resource {
+    debug_assert!(
+        TEMPLATES.contains(&template),
+        "{template} is not in TEMPLATES"
+    );
+    web::resource(path).name(template)
+}
+
+/// The template of the route `req` matched, or [`UNMATCHED`].
+pub fn template_of(req: &actix_web::HttpRequest) -> &'static str {
+    let name = req.match_name();
+    TEMPLATES
+        .iter()
+        .find(|template| Some(**template) == name)
+        .unwrap_or(&UNMATCHED)
 }
 
 /// A point in time as RFC 3339 UTC with whole seconds, e.g. `2026-11-26T04:00:00Z`.

@@ -391,3 +391,58 @@ async fn every_metric_in_the_dashboard_and_alerts_is_exported() {
         }
     }
 }
+
+#[tokio::test]
+async fn every_route_is_counted_under_its_template() {
+    let app = spawn_app().await;
+    assert_eq!(
+        app.public_get("/api/action-codes/labels/A10cnQO")
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
+    assert_eq!(app.public_get("/openapi.json").await.status().as_u16(), 200);
+    assert_eq!(
+        app.public_get("/api/action-codes/retrieve")
+            .await
+            .status()
+            .as_u16(),
+        405
+    );
+    assert_eq!(app.public_get("/no/such/path").await.status().as_u16(), 404);
+    app.admin_get("/healthz").await;
+    app.admin_get("/readyz").await;
+    app.admin_get("/admin/labels/A10cnQO").await;
+    app.admin_get("/metrics").await;
+
+    let text = scrape(&app).await;
+    let routes: BTreeSet<&str> = text
+        .lines()
+        .filter(|line| line.starts_with("mpc_gateway_http_requests_total{"))
+        .filter_map(|line| line.split("route=\"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(
+        routes,
+        BTreeSet::from([
+            "/admin/labels/{label}",
+            "/api/action-codes/labels/{label}",
+            "/api/action-codes/retrieve",
+            "/healthz",
+            "/metrics",
+            "/openapi.json",
+            "/readyz",
+            "unmatched",
+        ])
+    );
+    let get = |route: &str, status: &str| {
+        value(
+            &text,
+            &format!(
+                "mpc_gateway_http_requests_total{{method=\"GET\",route=\"{route}\",status=\"{status}\"}}"
+            ),
+        )
+    };
+    assert_eq!(get("/api/action-codes/retrieve", "405"), 1.0);
+    assert_eq!(get("unmatched", "404"), 1.0);
+}
