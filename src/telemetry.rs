@@ -58,28 +58,36 @@ pub fn init(settings: &LogSettings) {
     let _ = tracing::subscriber::set_global_default(subscriber(settings, std::io::stdout, ansi));
 }
 
-/// The id that ties a response to its log lines.
+/// The id that ties a response to its log lines, kept as the header value
+/// it is sent back as.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RequestId(String);
+pub struct RequestId(HeaderValue);
 
 impl RequestId {
     /// The caller's id when it is well-formed, else a fresh one.
     pub fn from_header(value: Option<&HeaderValue>) -> Self {
         value
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| Self::is_acceptable(v))
-            .map(|v| Self(v.to_owned()))
+            .filter(|v| v.to_str().is_ok_and(Self::is_acceptable))
+            .map(|v| Self(v.clone()))
             .unwrap_or_else(Self::generate)
     }
 
     /// A new random id.
     pub fn generate() -> Self {
-        Self(uuid::Uuid::new_v4().to_string())
+        let mut text = uuid::Uuid::encode_buffer();
+        let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+        Self(HeaderValue::from_str(text).expect("a UUID is a valid header value"))
     }
 
     /// The id text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Both constructors hold visible ASCII only.
+        self.0.to_str().unwrap_or_default()
+    }
+
+    /// The id as the `X-Request-Id` response header.
+    pub fn header_value(&self) -> HeaderValue {
+        self.0.clone()
     }
 
     fn is_acceptable(value: &str) -> bool {
@@ -109,7 +117,6 @@ pub async fn request_context(
         label_kind = tracing::field::Empty,
         outcome = tracing::field::Empty,
     );
-    req.extensions_mut().insert(request_id.clone());
     let method = req.method().clone();
 
     // Handlers and extractors turn their errors into responses; only a failing
@@ -117,9 +124,9 @@ pub async fn request_context(
     let mut response = tracing::Instrument::instrument(next.call(req), span.clone())
         .await?
         .map_into_boxed_body();
-    if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
-        response.headers_mut().insert(X_REQUEST_ID, value);
-    }
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID, request_id.header_value());
 
     let status = response.status().as_u16();
     let elapsed = started.elapsed();

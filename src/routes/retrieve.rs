@@ -1,5 +1,6 @@
 //! `POST /api/action-codes/retrieve`: the MPC's own request, checked and forwarded.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -36,11 +37,13 @@ pub const CACHE_STATUS: &str = "cache-status";
 /// The request body the MPC accepts; other members are ignored.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(expecting = "a JSON object with a string member \"label\"")]
-pub struct RetrieveRequest {
+pub struct RetrieveRequest<'a> {
     /// The label exactly as sent, not yet judged: any string is read, and
-    /// one that is not a label the MPC accepts gets a 422 problem.
-    #[schema(example = "2024-05-02T21:03:35.001_0000FzZw")]
-    pub label: String,
+    /// one that is not a label the MPC accepts gets a 422 problem. Borrowed
+    /// from the body unless it has escapes.
+    #[serde(borrow)]
+    #[schema(value_type = String, example = "2024-05-02T21:03:35.001_0000FzZw")]
+    pub label: Cow<'a, str>,
 }
 
 /// The answer to an accepted (or already accepted) request.
@@ -122,20 +125,32 @@ pub async fn retrieve(
     let bytes = read_body(&req, payload, state.max_body_bytes).await?;
     let request = decode_body(&bytes)?;
     let label = Label::parse(&request.label).map_err(|error| Problem::InvalidLabel {
-        label: request.label,
+        label: request.label.into_owned(),
         error,
     })?;
     tracing::Span::current().record("label_kind", label.kind().as_str());
-    req.extensions_mut().insert(label.clone());
+    let answer = respond(&label, &identity, &state, mpc).await;
+    // For the request's metrics and audit line, whatever the answer.
+    req.extensions_mut().insert(label);
+    answer
+}
 
+/// Answers for a valid label: from memory, by joining the call in flight, or
+/// by asking the MPC.
+async fn respond(
+    label: &Label,
+    identity: &Identity,
+    state: &AppState,
+    mpc: web::Data<MpcClient>,
+) -> Result<HttpResponse, Problem> {
     loop {
-        match state.dedup.claim(&label) {
+        match state.dedup.claim(label) {
             Claim::Remembered(remembered) => {
-                return Ok(answer(&label, Ok(remembered), Via::Memory));
+                return Ok(answer(label, Ok(remembered), Via::Memory));
             }
             Claim::Wait(waiter) => {
                 if let Some(settled) = waiter.settled().await {
-                    return Ok(answer(&label, settled, Via::Collapsed));
+                    return Ok(answer(label, settled, Via::Collapsed));
                 }
                 // The leader was refused before calling the MPC: claim again.
             }
@@ -144,7 +159,7 @@ pub async fn retrieve(
                     .breaker
                     .admit()
                     .map_err(|retry_after| Problem::CircuitOpen { retry_after })?;
-                charge_upstream(&state, &identity)?;
+                charge_upstream(state, identity)?;
                 let slot = tokio::time::timeout(
                     state.upstream_timeout,
                     Arc::clone(&state.mpc_slots).acquire_owned(),
@@ -178,7 +193,7 @@ pub async fn retrieve(
                 let settled = call.await.map_err(|_| {
                     Problem::UpstreamError("The call to the MPC was interrupted".to_owned())
                 })?;
-                return Ok(answer(&label, settled, Via::Forwarded));
+                return Ok(answer(label, settled, Via::Forwarded));
             }
         }
     }
@@ -348,6 +363,10 @@ fn charge_upstream(state: &AppState, identity: &Identity) -> Result<(), Problem>
 
 /// Refuses bodies not declared as UTF-8 JSON (415) before reading them.
 pub fn check_content_type(req: &HttpRequest) -> Result<(), Problem> {
+    let declared = req.headers().get(header::CONTENT_TYPE);
+    if declared.is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(JSON.as_bytes())) {
+        return Ok(());
+    }
     let mime = req.mime_type().map_err(|_| {
         Problem::UnsupportedMediaType("The Content-Type header cannot be parsed".to_owned())
     })?;
@@ -404,7 +423,7 @@ async fn read_body(
 }
 
 /// Decodes a body into the MPC's request shape (400 when it is not one).
-pub fn decode_body(bytes: &[u8]) -> Result<RetrieveRequest, Problem> {
+pub fn decode_body(bytes: &[u8]) -> Result<RetrieveRequest<'_>, Problem> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(Problem::MalformedRequest("the body is empty".to_owned()));
     }
@@ -467,6 +486,9 @@ mod tests {
     fn body_decoding_takes_the_label_and_ignores_the_rest() {
         let request = decode_body(br#"{"label": " A10cnQO ", "extra": [1, 2]}"#).unwrap();
         assert_eq!(request.label, " A10cnQO ");
+        assert!(matches!(request.label, Cow::Borrowed(_)));
+        let escaped = decode_body(br#"{"label": "A10cnQ\u004F"}"#).unwrap();
+        assert_eq!(escaped.label, "A10cnQO");
     }
 
     #[test]
