@@ -5,8 +5,10 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use crate::dedup::Uncertainty;
@@ -290,7 +292,7 @@ impl Problem {
             Self::InvalidLabel { label, error } => {
                 document.label = Some(label.clone());
                 document.reason = Some(error.to_string());
-                document.accepted_formats = Some(&ACCEPTED_FORMATS);
+                document.accepted_formats = Some(accepted_formats_json());
             }
             Self::UpstreamRejected(answer) => document.upstream = Some(answer.clone()),
             Self::PayloadTooLarge { limit } => document.max_body_bytes = Some(*limit),
@@ -302,6 +304,16 @@ impl Problem {
         }
         document
     }
+}
+
+/// [`ACCEPTED_FORMATS`] as JSON, written once: every invalid label's
+/// problem carries it.
+fn accepted_formats_json() -> &'static RawValue {
+    static JSON: LazyLock<Box<RawValue>> = LazyLock::new(|| {
+        serde_json::value::to_raw_value(&ACCEPTED_FORMATS)
+            .expect("the accepted formats are plain strings")
+    });
+    &JSON
 }
 
 /// An RFC 9457 problem document, as every error is answered.
@@ -326,7 +338,7 @@ pub struct ProblemDocument {
     /// `invalid-label`: the label formats the MPC accepts.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<AcceptedFormat>>)]
-    pub accepted_formats: Option<&'static [AcceptedFormat]>,
+    pub accepted_formats: Option<&'static RawValue>,
     /// `upstream-rejected`: the MPC's status and body.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<MpcAnswer>,
@@ -391,7 +403,11 @@ impl ResponseError for Problem {
         if let Some(wait) = self.retry_after() {
             response.insert_header((header::RETRY_AFTER, whole_seconds(wait)));
         }
-        let body = serde_json::to_vec(&self.document()).unwrap_or_default();
+        // Sized for the largest common document, an invalid label's.
+        let mut body = Vec::with_capacity(1024);
+        if serde_json::to_writer(&mut body, &self.document()).is_err() {
+            body.clear();
+        }
         let mut response = response.body(body);
         if let Some(outcome) = self.retrieval_outcome() {
             let upstream_status = match self {
