@@ -88,11 +88,35 @@ fn per_request(c: &mut Criterion) {
             .unwrap();
         assert_eq!(response.status().as_u16(), status, "{label}");
     }
+    // The floor again, answering with the gateway's hit answer, byte for byte.
+    let hit = system
+        .block_on(public.call(retrieve(REMEMBERED).to_request()))
+        .unwrap();
+    let headers = hit
+        .headers()
+        .iter()
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    let body = system
+        .block_on(actix_web::body::to_bytes(hit.into_body()))
+        .unwrap();
+    let floor_answer = system.block_on(init_service(floor_app::app_answering(
+        floor_app::Answer::new(headers, body),
+    )));
 
     let mut group = c.benchmark_group("app");
     group.bench_function("floor", |b| {
         b.iter_custom(|iters| {
             system.block_on(drive(&floor, || retrieve(REMEMBERED).to_request(), iters))
+        });
+    });
+    group.bench_function("floor_with_gateway_answer", |b| {
+        b.iter_custom(|iters| {
+            system.block_on(drive(
+                &floor_answer,
+                || retrieve(REMEMBERED).to_request(),
+                iters,
+            ))
         });
     });
     group.bench_function("gateway_hit", |b| {

@@ -4,6 +4,7 @@
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{App, HttpResponse, web};
 
 /// The MPC's path, answered like the MPC answers it.
@@ -26,4 +27,48 @@ pub fn app() -> App<
     >,
 > {
     App::new().route(PATH, web::post().to(retrieve))
+}
+
+/// A fixed 200 answer copied from another server: its headers and body.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: web::Bytes,
+}
+
+impl Answer {
+    /// An answer with these headers (but `Content-Length` and `Date`) and body.
+    pub fn new(headers: Vec<(HeaderName, HeaderValue)>, body: web::Bytes) -> Self {
+        let headers = headers
+            .into_iter()
+            .filter(|(name, _)| name != "content-length" && name != "date")
+            .collect();
+        Self { headers, body }
+    }
+}
+
+async fn copied(_body: web::Bytes, answer: web::Data<Answer>) -> HttpResponse {
+    let mut response = HttpResponse::Ok();
+    for header in &answer.headers {
+        response.insert_header(header.clone());
+    }
+    response.body(answer.body.clone())
+}
+
+/// The floor answering with `answer` instead: what an answer of that size
+/// and those headers costs the framework and the kernel, without any work.
+pub fn app_answering(
+    answer: Answer,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(web::Data::new(answer))
+        .route(PATH, web::post().to(copied))
 }

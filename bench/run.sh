@@ -4,14 +4,23 @@
 # alternative. Every server gets one worker; every load the same wrk settings.
 # Prints a table and the ratios measured in this run.
 #
-#   bench/run.sh                 # 10 s per measurement
-#   DURATION=30s bench/run.sh
+# The rows are measured in turn, ROUNDS times over, so that every ratio is
+# taken between measurements seconds apart; the table shows medians.
+#
+#   bench/run.sh                         # 5 rounds of 5 s per row
+#   ROUNDS=5 DURATION=10s bench/run.sh   # at most 9 rounds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=${DURATION:-10s}
+DURATION=${DURATION:-5s}
+ROUNDS=${ROUNDS:-5}
 CONNECTIONS=${CONNECTIONS:-32}
+if ! [[ $ROUNDS =~ ^[1-9]$ ]]; then
+  echo "ROUNDS must be 1 to 9 (each round's miss path needs labels of its own)" >&2
+  exit 2
+fi
 FLOOR=127.0.0.1:18400
+FLOOR_ANSWER=127.0.0.1:18403
 GATEWAY=127.0.0.1:18401
 GATEWAY_ADMIN=127.0.0.1:18411
 NGINX=127.0.0.1:18402
@@ -30,8 +39,16 @@ if ! command -v nginx >/dev/null 2>&1 && ! [ -x /usr/sbin/nginx ]; then
 fi
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
 
+for address in "$FLOOR" "$FLOOR_ANSWER" "$GATEWAY" "$GATEWAY_ADMIN" "$NGINX"; do
+  if (exec 3<>"/dev/tcp/${address%:*}/${address#*:}") 2>/dev/null; then
+    echo "$address is already taken: stop whatever listens there first" >&2
+    exit 1
+  fi
+done
 cargo build --release --quiet --bin mpc-action-gateway --example floor
-work=$(mktemp -d)
+# In memory where possible: nginx's cache then never waits for the disk,
+# its best case (the gateway keeps its outcomes in memory too).
+work=$(mktemp -d -p /dev/shm 2>/dev/null || mktemp -d)
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
@@ -77,9 +94,18 @@ TOML
 target/release/mpc-action-gateway --config "$work/gateway.toml" >/dev/null 2>&1 &
 pids+=($!)
 wait_for "$GATEWAY"
-# Remember the label of the hit path before measuring it.
-curl -s -o /dev/null -H 'Content-Type: application/json' -H 'Authorization: Bearer mpcgw_bench_key' \
-  -d '{"label": "2024-05-02T21:03:35.001_0000FzZw"}' "http://$GATEWAY$URL_PATH"
+# Remember the label of the hit path before measuring it; then keep the hit
+# answer, which a second floor serves byte for byte: what the answer alone
+# (its size and headers) costs the framework and the kernel.
+retrieve_hit() {
+  curl -s "$@" -H 'Content-Type: application/json' -H 'Authorization: Bearer mpcgw_bench_key' \
+    -d '{"label": "2024-05-02T21:03:35.001_0000FzZw"}' "http://$GATEWAY$URL_PATH"
+}
+retrieve_hit -o /dev/null
+retrieve_hit --include >"$work/hit_answer.http"
+target/release/examples/floor "$FLOOR_ANSWER" "$work/hit_answer.http" >/dev/null 2>&1 &
+pids+=($!)
+wait_for "$FLOOR_ANSWER"
 
 if [ "$have_nginx" = yes ]; then
   mkdir -p "$work/nginx"
@@ -97,37 +123,70 @@ fi
 # wrk's latency figures in milliseconds.
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; printf "%.3f", v}'; }
 
-declare -A RPS P50 P99
+# One measurement; appends "name round rps p50 p99" to $work/results.
 measure() {
-  local name=$1 address=$2 script=$3 prefix=${4:-1}
-  local out
-  out=$(LABEL_PREFIX=$prefix wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "bench/wrk/$script" "http://$address$URL_PATH")
-  RPS[$name]=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-  P50[$name]=$(awk '$1 == "50%" {print $2}' <<<"$out" | to_ms)
-  P99[$name]=$(awk '$1 == "99%" {print $2}' <<<"$out" | to_ms)
-  local errors
+  local name=$1 address=$2 script=$3 round=$4
+  local out rps p50 p99 errors
+  out=$(LABEL_PREFIX=$round wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "bench/wrk/$script" "http://$address$URL_PATH")
+  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+  p50=$(awk '$1 == "50%" {print $2}' <<<"$out" | to_ms)
+  p99=$(awk '$1 == "99%" {print $2}' <<<"$out" | to_ms)
   errors=$(awk '/Non-2xx or 3xx responses:/ {print $5}' <<<"$out")
-  printf '%-26s %12s req/s   p50 %8s ms   p99 %8s ms%s\n' "$name" "${RPS[$name]}" "${P50[$name]}" "${P99[$name]}" \
+  echo "$name $round $rps $p50 $p99" >>"$work/results"
+  printf '  %-28s %12s req/s   p50 %8s ms   p99 %8s ms%s\n' "$name" "$rps" "$p50" "$p99" \
     "${errors:+   (non-2xx: $errors)}"
 }
 
-echo "machine: $(nproc) cores, $(awk '/model name/ {$1=$2=$3=""; print; exit}' /proc/cpuinfo | sed 's/^ *//'); wrk -t1 -c$CONNECTIONS -d$DURATION; one worker each"
-measure floor "$FLOOR" same_label.lua
-measure gateway_hit "$GATEWAY" same_label.lua
-measure gateway_invalid "$GATEWAY" invalid_label.lua
-measure gateway_miss "$GATEWAY" new_label.lua 1
-if [ "$have_nginx" = yes ]; then
-  measure nginx_hit "$NGINX" same_label.lua
-  measure nginx_miss "$NGINX" new_label.lua 2
-fi
+echo "machine: $(nproc) cores, $(awk '/model name/ {$1=$2=$3=""; print; exit}' /proc/cpuinfo | sed 's/^ *//'); wrk -t1 -c$CONNECTIONS -d$DURATION; one worker each; $ROUNDS rounds"
+: >"$work/results"
+for round in $(seq "$ROUNDS"); do
+  echo "round $round"
+  measure floor "$FLOOR" same_label.lua "$round"
+  measure floor_with_gateway_answer "$FLOOR_ANSWER" same_label.lua "$round"
+  measure gateway_hit "$GATEWAY" same_label.lua "$round"
+  measure gateway_invalid "$GATEWAY" invalid_label.lua "$round"
+  measure gateway_miss "$GATEWAY" new_label.lua "$round"
+  if [ "$have_nginx" = yes ]; then
+    measure nginx_hit "$NGINX" same_label.lua "$round"
+    measure nginx_miss "$NGINX" new_label.lua "$round"
+  fi
+done
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+# The median of column $2 ("rps", "p50" or "p99") of row $1 over the rounds.
+median() {
+  local column
+  case $2 in rps) column=3 ;; p50) column=4 ;; p99) column=5 ;; esac
+  awk -v row="$1" -v c="$column" '$1 == row {print $c}' "$work/results" | sort -g |
+    awk '{v[NR] = $1} END { if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+# The median over the rounds of row $1's column $3 divided by row $2's, each
+# ratio taken within one round.
+ratio() {
+  local column
+  case $3 in rps) column=3 ;; p99) column=5 ;; esac
+  awk -v a="$1" -v b="$2" -v c="$column" '
+    $1 == a {x[$2] = $c} $1 == b {y[$2] = $c}
+    END { for (r in x) if ((r in y) && y[r] > 0) print x[r] / y[r] }' "$work/results" | sort -g |
+    awk '{v[NR] = $1} END { if (NR == 0) print "n/a"; else if (NR % 2) printf "%.2f\n", v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
 echo
-echo "ratios (same run):"
-echo "  gateway hit / floor throughput:       $(ratio "${RPS[gateway_hit]}" "${RPS[floor]}")   (target >= 0.8)"
-echo "  gateway hit p99 / floor p99:          $(ratio "${P99[gateway_hit]}" "${P99[floor]}")   (target <= 2)"
-echo "  gateway invalid / floor throughput:   $(ratio "${RPS[gateway_invalid]}" "${RPS[floor]}")   (target >= 0.9)"
+echo "medians over $ROUNDS rounds:"
+echo "| path | requests/s | p50 | p99 |"
+echo "|---|---|---|---|"
+rows="floor floor_with_gateway_answer gateway_hit gateway_invalid gateway_miss"
+[ "$have_nginx" = yes ] && rows="$rows nginx_hit nginx_miss"
+for row in $rows; do
+  echo "| $row | $(median "$row" rps) | $(median "$row" p50) ms | $(median "$row" p99) ms |"
+done
+echo
+echo "ratios (each taken within a round; median over the rounds):"
+echo "  gateway hit / floor throughput:       $(ratio gateway_hit floor rps)   (target >= 0.8)"
+echo "  gateway hit p99 / floor p99:          $(ratio gateway_hit floor p99)   (target <= 2)"
+echo "  gateway invalid / floor throughput:   $(ratio gateway_invalid floor rps)   (target >= 0.9)"
 if [ "$have_nginx" = yes ]; then
-  echo "  gateway miss / nginx miss throughput: $(ratio "${RPS[gateway_miss]}" "${RPS[nginx_miss]}")   (target >= 1.5)"
-  echo "  gateway hit / nginx hit throughput:   $(ratio "${RPS[gateway_hit]}" "${RPS[nginx_hit]}")"
+  echo "  gateway miss / nginx miss throughput: $(ratio gateway_miss nginx_miss rps)   (target >= 1.5)"
+  echo "  gateway hit / nginx hit throughput:   $(ratio gateway_hit nginx_hit rps)"
 fi
+echo "  floor with the gateway's answer / floor throughput: $(ratio floor_with_gateway_answer floor rps)   (the answer's own cost)"
+echo "  gateway hit / floor with the gateway's answer:      $(ratio gateway_hit floor_with_gateway_answer rps)   (the gateway's work)"
