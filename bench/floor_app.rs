@@ -2,10 +2,9 @@
 //! a fixed JSON body. Shared by the floor server (`bench/floor.rs`) and the
 //! in-process benchmark (`bench/app.rs`).
 
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{App, HttpResponse, web};
+use mpc_action_gateway::startup::AppFactory;
 
 /// The MPC's path, answered like the MPC answers it.
 pub const PATH: &str = "/api/action-codes/retrieve";
@@ -17,15 +16,7 @@ async fn retrieve(_body: web::Bytes) -> HttpResponse {
 }
 
 /// The floor: one route, no middleware.
-pub fn app() -> App<
-    impl ServiceFactory<
-        ServiceRequest,
-        Config = (),
-        Response = ServiceResponse<impl MessageBody>,
-        Error = actix_web::Error,
-        InitError = (),
-    >,
-> {
+pub fn app() -> App<impl AppFactory> {
     App::new().route(PATH, web::post().to(retrieve))
 }
 
@@ -57,17 +48,7 @@ async fn copied(_body: web::Bytes, answer: web::Data<Answer>) -> HttpResponse {
 
 /// The floor answering with `answer` instead: what an answer of that size
 /// and those headers costs the framework and the kernel, without any work.
-pub fn app_answering(
-    answer: Answer,
-) -> App<
-    impl ServiceFactory<
-        ServiceRequest,
-        Config = (),
-        Response = ServiceResponse<impl MessageBody>,
-        Error = actix_web::Error,
-        InitError = (),
-    >,
-> {
+pub fn app_answering(answer: Answer) -> App<impl AppFactory> {
     App::new()
         .app_data(web::Data::new(answer))
         .route(PATH, web::post().to(copied))

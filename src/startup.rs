@@ -124,6 +124,29 @@ pub enum StartupError {
     Metrics(#[from] prometheus::Error),
 }
 
+/// The service an [`App`] of either listener builds.
+pub trait AppFactory:
+    ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<BoxBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >
+{
+}
+
+impl<T> AppFactory for T where
+    T: ServiceFactory<
+            ServiceRequest,
+            Config = (),
+            Response = ServiceResponse<BoxBody>,
+            Error = actix_web::Error,
+            InitError = (),
+        >
+{
+}
+
 /// What both listeners share, built once from the settings; each worker
 /// builds its apps from it.
 #[derive(Clone)]
@@ -184,17 +207,7 @@ impl Gateway {
     }
 
     /// The public API for one worker, with its own MPC client.
-    pub fn public_app(
-        &self,
-    ) -> App<
-        impl ServiceFactory<
-            ServiceRequest,
-            Config = (),
-            Response = ServiceResponse<BoxBody>,
-            Error = actix_web::Error,
-            InitError = (),
-        > + use<>,
-    > {
+    pub fn public_app(&self) -> App<impl AppFactory + use<>> {
         // awc clients are not Send: one per worker thread.
         let mpc = MpcClient::new(
             &self.upstream,
@@ -214,17 +227,7 @@ impl Gateway {
     }
 
     /// The admin API (probes, metrics, remembered outcomes).
-    pub fn admin_app(
-        &self,
-    ) -> App<
-        impl ServiceFactory<
-            ServiceRequest,
-            Config = (),
-            Response = ServiceResponse<BoxBody>,
-            Error = actix_web::Error,
-            InitError = (),
-        > + use<>,
-    > {
+    pub fn admin_app(&self) -> App<impl AppFactory + use<>> {
         App::new()
             .wrap(from_fn(request_context))
             .app_data(self.readiness.clone())

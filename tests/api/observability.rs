@@ -395,22 +395,18 @@ async fn every_metric_in_the_dashboard_and_alerts_is_exported() {
 #[tokio::test]
 async fn every_route_is_counted_under_its_template() {
     let app = spawn_app().await;
-    assert_eq!(
-        app.public_get("/api/action-codes/labels/A10cnQO")
-            .await
-            .status()
-            .as_u16(),
-        200
-    );
-    assert_eq!(app.public_get("/openapi.json").await.status().as_u16(), 200);
-    assert_eq!(
-        app.public_get("/api/action-codes/retrieve")
-            .await
-            .status()
-            .as_u16(),
-        405
-    );
-    assert_eq!(app.public_get("/no/such/path").await.status().as_u16(), 404);
+    for (path, status) in [
+        ("/api/action-codes/labels/A10cnQO", 200),
+        ("/openapi.json", 200),
+        ("/api/action-codes/retrieve", 405),
+        ("/no/such/path", 404),
+    ] {
+        assert_eq!(
+            app.public_get(path).await.status().as_u16(),
+            status,
+            "{path}"
+        );
+    }
     app.admin_get("/healthz").await;
     app.admin_get("/readyz").await;
     app.admin_get("/admin/labels/A10cnQO").await;
