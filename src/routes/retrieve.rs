@@ -39,8 +39,8 @@ pub const CACHE_STATUS: &str = "cache-status";
 #[serde(expecting = "a JSON object with a string member \"label\"")]
 pub struct RetrieveRequest<'a> {
     /// The label exactly as sent, not yet judged: any string is read, and
-    /// one that is not a label the MPC accepts gets a 422 problem. Borrowed
-    /// from the body unless it has escapes.
+    /// one that is not a label the MPC accepts gets a 422 problem.
+    // Borrowed from the body unless it has escapes.
     #[serde(borrow)]
     #[schema(value_type = String, example = "2024-05-02T21:03:35.001_0000FzZw")]
     pub label: Cow<'a, str>,
