@@ -375,8 +375,8 @@ impl Drop for UpstreamCall<'_> {
     }
 }
 
-/// Methods outside the usual few share one value, so clients cannot mint series.
-/// The `method` label values; anything else is `other`.
+/// The `method` label values: methods outside the usual few share `other`,
+/// so clients cannot mint series.
 const METHODS: [&str; 8] = [
     "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "other",
 ];
