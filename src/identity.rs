@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::io::Write;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,9 @@ use crate::quota::{Limit, Tier};
 
 /// Prefix of generated keys, so a leaked one is recognisable in a scan.
 pub const KEY_PREFIX: &str = "mpcgw_";
+
+/// Room for `anonymous:` and any address, IPv6 with an IPv4 tail included.
+const ANONYMOUS_CAPACITY: usize = 64;
 
 /// Longest user name accepted from the trusted header.
 const MAX_USER_NAME: usize = 128;
@@ -206,11 +210,19 @@ impl Authenticator {
             return Ok(self.named(user, IdentitySource::TrustedHeader));
         }
         if self.allow_anonymous {
-            let user = match peer {
-                Some(ip) => format!("anonymous:{ip}"),
-                None => "anonymous:unknown".to_owned(),
+            // Formatted on the stack: `anonymous:` and at most 45 bytes of address.
+            let mut text = [0_u8; ANONYMOUS_CAPACITY];
+            let mut rest = &mut text[..];
+            let written = match peer {
+                Some(ip) => write!(rest, "anonymous:{ip}"),
+                None => write!(rest, "anonymous:unknown"),
             };
-            return Ok(self.named(&user, IdentitySource::Anonymous));
+            let len = ANONYMOUS_CAPACITY - rest.len();
+            let user = std::str::from_utf8(&text[..len])
+                .ok()
+                .filter(|_| written.is_ok())
+                .unwrap_or("anonymous:unknown");
+            return Ok(self.named(user, IdentitySource::Anonymous));
         }
         Err(AuthError::NoCredentials)
     }
@@ -439,6 +451,17 @@ mod tests {
         let identity = open.identify(&headers(&[]), OUTSIDER).unwrap();
         assert_eq!(identity.user(), "anonymous:192.0.2.1");
         assert_eq!(identity.source(), IdentitySource::Anonymous);
+        let longest: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            open.identify(&headers(&[]), Some(longest)).unwrap().user(),
+            format!("anonymous:{longest}")
+        );
+        assert_eq!(
+            open.identify(&headers(&[]), None).unwrap().user(),
+            "anonymous:unknown"
+        );
         assert_eq!(&*identity.tier().name, "default");
         assert_eq!(
             open.identify(&headers(&[("x-api-key", "wrong")]), OUTSIDER),
