@@ -15,7 +15,7 @@ use crate::dedup::{Dedup, Outcome, Remembered};
 use crate::identity::bearer_token;
 use crate::label::{Label, LabelKind};
 use crate::problem::Problem;
-use crate::routes::{Timestamp, timestamp};
+use crate::routes::Timestamp;
 
 /// State of the admin listener.
 pub struct AdminState {
@@ -61,8 +61,8 @@ fn render(label: &Label, remembered: &Remembered) -> HttpResponse {
         label,
         label_kind: label.kind(),
         outcome: remembered.outcome(),
-        requested_at: timestamp(remembered.requested_at()),
-        expires_at: timestamp(remembered.expires_at()),
+        requested_at: Timestamp::new(remembered.requested_at()),
+        expires_at: Timestamp::new(remembered.expires_at()),
         remaining_seconds: remembered.remaining().as_secs(),
         user: remembered.user(),
     })

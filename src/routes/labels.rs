@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::identity::Identity;
 use crate::label::{Label, LabelKind};
 use crate::problem::{Problem, ProblemDocument};
-use crate::routes::{Timestamp, timestamp};
+use crate::routes::Timestamp;
 use crate::startup::AppState;
 use utoipa::ToSchema;
 
@@ -56,7 +56,9 @@ pub async fn status(
         label: &label,
         label_kind: label.kind(),
         valid: true,
-        last_requested_at: remembered.as_ref().map(|r| timestamp(r.requested_at())),
-        resend_available_at: remembered.as_ref().map(|r| timestamp(r.expires_at())),
+        last_requested_at: remembered
+            .as_ref()
+            .map(|r| Timestamp::new(r.requested_at())),
+        resend_available_at: remembered.as_ref().map(|r| Timestamp::new(r.expires_at())),
     }))
 }

@@ -118,16 +118,12 @@ pub fn template_of(req: &actix_web::HttpRequest) -> &'static str {
         .unwrap_or(&UNMATCHED)
 }
 
-/// A point in time as RFC 3339 UTC with whole seconds, e.g. `2026-11-26T04:00:00Z`.
-pub fn timestamp(at: SystemTime) -> Timestamp {
-    Timestamp::new(at)
-}
-
-/// An RFC 3339 UTC time with whole seconds, formatted once, without allocating.
+/// An RFC 3339 UTC time with whole seconds, e.g. `2026-11-26T04:00:00Z`,
+/// formatted once, without allocating.
 #[derive(Clone, Copy)]
 pub struct Timestamp {
     text: [u8; Self::CAPACITY],
-    len: u8,
+    len: usize,
 }
 
 impl Timestamp {
@@ -141,15 +137,12 @@ impl Timestamp {
         // `SystemTime` cannot reach a year whose text overflows 32 bytes.
         let _ = write!(rest, "{}", humantime::format_rfc3339_seconds(at));
         let len = Self::CAPACITY - rest.len();
-        Self {
-            text,
-            len: u8::try_from(len).unwrap_or(u8::MAX),
-        }
+        Self { text, len }
     }
 
     /// The text, e.g. `2026-11-26T04:00:00Z`.
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.text[..usize::from(self.len)]).unwrap_or_default()
+        std::str::from_utf8(&self.text[..self.len]).unwrap_or_default()
     }
 }
 
@@ -189,13 +182,13 @@ mod tests {
     #[test]
     fn timestamps_are_rfc3339_utc_in_whole_seconds() {
         let at = UNIX_EPOCH + Duration::from_millis(1_795_665_600_999);
-        let stamp = timestamp(at);
+        let stamp = Timestamp::new(at);
         assert_eq!(stamp.as_str(), "2026-11-26T04:00:00Z");
         assert_eq!(stamp.to_string(), "2026-11-26T04:00:00Z");
         assert_eq!(
             serde_json::to_string(&stamp).unwrap(),
             "\"2026-11-26T04:00:00Z\""
         );
-        assert_eq!(timestamp(UNIX_EPOCH).as_str(), "1970-01-01T00:00:00Z");
+        assert_eq!(Timestamp::new(UNIX_EPOCH).as_str(), "1970-01-01T00:00:00Z");
     }
 }

@@ -17,7 +17,7 @@ use crate::label::{Label, LabelKind};
 use crate::metrics::{BUDGET_LIMIT, RetrievalDecision, RetrievalOutcome};
 use crate::problem::Problem;
 use crate::problem::ProblemDocument;
-use crate::routes::{Timestamp, timestamp};
+use crate::routes::Timestamp;
 use crate::startup::AppState;
 use crate::upstream::{MpcAnswer, MpcClient};
 use utoipa::ToSchema;
@@ -272,8 +272,8 @@ fn decide(settled: &Settled, via: Via) -> RetrievalDecision {
 }
 
 fn sent(label: &Label, remembered: &Remembered, upstream: &MpcAnswer, via: Via) -> HttpResponse {
-    let requested_at = timestamp(remembered.requested_at());
-    let resend_available_at = timestamp(remembered.expires_at());
+    let requested_at = Timestamp::new(remembered.requested_at());
+    let resend_available_at = Timestamp::new(remembered.expires_at());
     let remembered = via == Via::Memory;
     let answer = Retrieved {
         status: if remembered {
