@@ -2,6 +2,7 @@
 //! fixed set (route templates, outcomes, kinds, results): no user, key or
 //! label value ever becomes a series.
 
+use std::ops::RangeInclusive;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -154,8 +155,11 @@ impl RouteSeries {
         let status = status_index(status);
         self.counters[method * STATUSES.len() + status]
             .get_or_init(|| {
-                self.requests
-                    .with_label_values(&[self.template, METHODS[method], STATUSES[status]])
+                self.requests.with_label_values(&[
+                    self.template,
+                    METHODS[method],
+                    STATUSES[status].1,
+                ])
             })
             .inc();
         self.duration.observe(elapsed.as_secs_f64());
@@ -394,28 +398,42 @@ fn method_index(method: &Method) -> usize {
     }
 }
 
-/// The `status` label values: the statuses the gateway answers with, then
-/// a class for any other.
-const STATUSES: [&str; 25] = [
-    "200", "201", "204", "400", "401", "403", "404", "405", "408", "409", "410", "413", "415",
-    "422", "429", "431", "500", "502", "503", "504", "1xx", "2xx", "3xx", "4xx", "5xx",
+/// The `status` label values, each with the statuses it stands for: the
+/// statuses the gateway answers with, then a class for any other (the first
+/// match wins).
+const STATUSES: [(RangeInclusive<u16>, &str); 25] = [
+    (200..=200, "200"),
+    (201..=201, "201"),
+    (204..=204, "204"),
+    (400..=400, "400"),
+    (401..=401, "401"),
+    (403..=403, "403"),
+    (404..=404, "404"),
+    (405..=405, "405"),
+    (408..=408, "408"),
+    (409..=409, "409"),
+    (410..=410, "410"),
+    (413..=413, "413"),
+    (415..=415, "415"),
+    (422..=422, "422"),
+    (429..=429, "429"),
+    (431..=431, "431"),
+    (500..=500, "500"),
+    (502..=502, "502"),
+    (503..=503, "503"),
+    (504..=504, "504"),
+    (100..=199, "1xx"),
+    (200..=299, "2xx"),
+    (300..=399, "3xx"),
+    (400..=499, "4xx"),
+    (500..=u16::MAX, "5xx"),
 ];
 
 fn status_index(status: u16) -> usize {
-    const EXACT: [u16; 20] = [
-        200, 201, 204, 400, 401, 403, 404, 405, 408, 409, 410, 413, 415, 422, 429, 431, 500, 502,
-        503, 504,
-    ];
-    EXACT
+    STATUSES
         .iter()
-        .position(|code| *code == status)
-        .unwrap_or(match status {
-            100..=199 => 20,
-            200..=299 => 21,
-            300..=399 => 22,
-            400..=499 => 23,
-            _ => 24,
-        })
+        .position(|(codes, _)| codes.contains(&status))
+        .unwrap_or(STATUSES.len() - 1)
 }
 
 /// Where an outcome and kind's counter sits in `Metrics::retrievals`.
@@ -478,12 +496,12 @@ mod tests {
         let method = |m: &[u8]| METHODS[method_index(&Method::from_bytes(m).unwrap())];
         assert_eq!(method(b"BREW"), "other");
         assert_eq!(method(b"DELETE"), "DELETE");
-        let status = |code| STATUSES[status_index(code)];
+        let status = |code| STATUSES[status_index(code)].1;
         assert_eq!(status(418), "4xx");
         assert_eq!(status(422), "422");
         assert_eq!(status(302), "3xx");
         assert_eq!(status(999), "5xx");
-        for (index, label) in STATUSES.iter().enumerate().take(20) {
+        for (index, (_, label)) in STATUSES.iter().enumerate().take(20) {
             assert_eq!(status_index(label.parse().unwrap()), index, "{label}");
         }
     }
