@@ -152,22 +152,23 @@ for round in $(seq "$ROUNDS"); do
   fi
 done
 
-# The median of column $2 ("rps", "p50" or "p99") of row $1 over the rounds.
-median() {
-  local column
-  case $2 in rps) column=3 ;; p50) column=4 ;; p99) column=5 ;; esac
-  awk -v row="$1" -v c="$column" '$1 == row {print $c}' "$work/results" | sort -g |
-    awk '{v[NR] = $1} END { if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+# The results column of a figure: "rps", "p50" or "p99".
+column() { case $1 in rps) echo 3 ;; p50) echo 4 ;; p99) echo 5 ;; esac; }
+# The median of the numbers on standard input, printed with format $1.
+middle() {
+  sort -g | awk -v f="$1\n" '{v[NR] = $1}
+    END { if (NR == 0) print "n/a"; else printf f, (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
-# The median over the rounds of row $1's column $3 divided by row $2's, each
+# The median of figure $2 of row $1 over the rounds.
+median() {
+  awk -v row="$1" -v c="$(column "$2")" '$1 == row {print $c}' "$work/results" | middle %s
+}
+# The median over the rounds of row $1's figure $3 divided by row $2's, each
 # ratio taken within one round.
 ratio() {
-  local column
-  case $3 in rps) column=3 ;; p99) column=5 ;; esac
-  awk -v a="$1" -v b="$2" -v c="$column" '
+  awk -v a="$1" -v b="$2" -v c="$(column "$3")" '
     $1 == a {x[$2] = $c} $1 == b {y[$2] = $c}
-    END { for (r in x) if ((r in y) && y[r] > 0) print x[r] / y[r] }' "$work/results" | sort -g |
-    awk '{v[NR] = $1} END { if (NR == 0) print "n/a"; else if (NR % 2) printf "%.2f\n", v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+    END { for (r in x) if ((r in y) && y[r] > 0) print x[r] / y[r] }' "$work/results" | middle %.2f
 }
 
 echo
