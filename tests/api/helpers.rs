@@ -347,29 +347,27 @@ impl TestApp {
 
     /// GETs a path on the public listener, without credentials.
     pub async fn public_get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}{path}", self.address))
-            .send()
-            .await
-            .expect("request reaches the gateway")
+        self.send(reqwest::Method::GET, &self.address, path).await
     }
 
     /// DELETEs a path on the admin listener.
     pub async fn admin_delete(&self, path: &str) -> reqwest::Response {
-        self.client
-            .delete(format!("{}{path}", self.admin_address))
-            .send()
+        self.send(reqwest::Method::DELETE, &self.admin_address, path)
             .await
-            .expect("request reaches the admin listener")
     }
 
     /// GETs a path on the admin listener.
     pub async fn admin_get(&self, path: &str) -> reqwest::Response {
+        self.send(reqwest::Method::GET, &self.admin_address, path)
+            .await
+    }
+
+    async fn send(&self, method: reqwest::Method, base: &str, path: &str) -> reqwest::Response {
         self.client
-            .get(format!("{}{path}", self.admin_address))
+            .request(method, format!("{base}{path}"))
             .send()
             .await
-            .expect("request reaches the admin listener")
+            .unwrap_or_else(|error| panic!("request reaches {base}: {error}"))
     }
 }
 
