@@ -92,6 +92,7 @@ fn per_request(c: &mut Criterion) {
     let hit = system
         .block_on(public.call(retrieve(REMEMBERED).to_request()))
         .unwrap();
+    let status = hit.status();
     let headers = hit
         .headers()
         .iter()
@@ -101,7 +102,7 @@ fn per_request(c: &mut Criterion) {
         .block_on(actix_web::body::to_bytes(hit.into_body()))
         .unwrap();
     let floor_answer = system.block_on(init_service(floor_app::app_answering(
-        floor_app::Answer::new(headers, body),
+        floor_app::Answer::new(status, headers, body),
     )));
 
     let mut group = c.benchmark_group("app");

@@ -5,8 +5,8 @@
 //! `cargo run --release --example floor -- 127.0.0.1:18400 [ANSWER]`
 //!
 //! With `ANSWER`, a file of `curl --include` output, it answers with that
-//! response's headers and body instead (`bench/run.sh` passes it the
-//! gateway's own hit answer).
+//! response's status, headers and body instead (`bench/run.sh` passes it the
+//! gateway's own hit and invalid-label answers).
 
 use actix_web::HttpServer;
 use actix_web::http::header::{HeaderName, HeaderValue};
@@ -19,9 +19,10 @@ mod floor_app;
 fn from_http(text: &str) -> Option<floor_app::Answer> {
     let text = text.replace("\r\n", "\n");
     let (head, body) = text.split_once("\n\n")?;
-    let headers = head
-        .lines()
-        .skip(1)
+    let mut lines = head.lines();
+    // `HTTP/1.1 422 Unprocessable Entity`
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers = lines
         .filter_map(|line| {
             let (name, value) = line.split_once(':')?;
             let name = HeaderName::try_from(name.trim()).ok()?;
@@ -30,6 +31,7 @@ fn from_http(text: &str) -> Option<floor_app::Answer> {
         })
         .collect();
     Some(floor_app::Answer::new(
+        status,
         headers,
         Bytes::from(body.to_owned()),
     ))

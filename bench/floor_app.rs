@@ -2,6 +2,7 @@
 //! a fixed JSON body. Shared by the floor server (`bench/floor.rs`) and the
 //! in-process benchmark (`bench/app.rs`).
 
+use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{App, HttpResponse, web};
 use mpc_action_gateway::startup::AppFactory;
@@ -20,26 +21,36 @@ pub fn app() -> App<impl AppFactory> {
     App::new().route(PATH, web::post().to(retrieve))
 }
 
-/// A fixed 200 answer copied from another server: its headers and body.
+/// A fixed answer copied from another server: its status, headers and body.
 #[derive(Clone, Debug)]
 pub struct Answer {
+    status: StatusCode,
     headers: Vec<(HeaderName, HeaderValue)>,
     body: web::Bytes,
 }
 
 impl Answer {
-    /// An answer with these headers (but `Content-Length` and `Date`) and body.
-    pub fn new(headers: Vec<(HeaderName, HeaderValue)>, body: web::Bytes) -> Self {
+    /// An answer with this status, these headers (but `Content-Length` and
+    /// `Date`) and body.
+    pub fn new(
+        status: StatusCode,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        body: web::Bytes,
+    ) -> Self {
         let headers = headers
             .into_iter()
             .filter(|(name, _)| name != "content-length" && name != "date")
             .collect();
-        Self { headers, body }
+        Self {
+            status,
+            headers,
+            body,
+        }
     }
 }
 
 async fn copied(_body: web::Bytes, answer: web::Data<Answer>) -> HttpResponse {
-    let mut response = HttpResponse::Ok();
+    let mut response = HttpResponse::build(answer.status);
     for header in &answer.headers {
         response.insert_header(header.clone());
     }

@@ -21,6 +21,7 @@ if ! [[ $ROUNDS =~ ^[1-9]$ ]]; then
 fi
 FLOOR=127.0.0.1:18400
 FLOOR_ANSWER=127.0.0.1:18403
+FLOOR_INVALID=127.0.0.1:18404
 GATEWAY=127.0.0.1:18401
 GATEWAY_ADMIN=127.0.0.1:18411
 NGINX=127.0.0.1:18402
@@ -39,7 +40,7 @@ if ! command -v nginx >/dev/null 2>&1 && ! [ -x /usr/sbin/nginx ]; then
 fi
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
 
-for address in "$FLOOR" "$FLOOR_ANSWER" "$GATEWAY" "$GATEWAY_ADMIN" "$NGINX"; do
+for address in "$FLOOR" "$FLOOR_ANSWER" "$FLOOR_INVALID" "$GATEWAY" "$GATEWAY_ADMIN" "$NGINX"; do
   if (exec 3<>"/dev/tcp/${address%:*}/${address#*:}") 2>/dev/null; then
     echo "$address is already taken: stop whatever listens there first" >&2
     exit 1
@@ -64,6 +65,7 @@ wait_for() {
 
 target/release/examples/floor "$FLOOR" >/dev/null 2>&1 &
 pids+=($!)
+floor_pid=$!
 wait_for "$FLOOR"
 
 digest=$(printf '%s' mpcgw_bench_key | target/release/mpc-action-gateway hash-key)
@@ -93,19 +95,27 @@ level = "warn"
 TOML
 target/release/mpc-action-gateway --config "$work/gateway.toml" >/dev/null 2>&1 &
 pids+=($!)
+gateway_pid=$!
 wait_for "$GATEWAY"
 # Remember the label of the hit path before measuring it; then keep the hit
-# answer, which a second floor serves byte for byte: what the answer alone
-# (its size and headers) costs the framework and the kernel.
-retrieve_hit() {
-  curl -s "$@" -H 'Content-Type: application/json' -H 'Authorization: Bearer mpcgw_bench_key' \
-    -d '{"label": "2024-05-02T21:03:35.001_0000FzZw"}' "http://$GATEWAY$URL_PATH"
+# and invalid-label answers, which two more floors serve byte for byte: what
+# an answer alone (its status, size and headers) costs the framework and the
+# kernel.
+retrieve() {
+  curl -s "${@:2}" -H 'Content-Type: application/json' -H 'Authorization: Bearer mpcgw_bench_key' \
+    -d "{\"label\": \"$1\"}" "http://$GATEWAY$URL_PATH"
 }
-retrieve_hit -o /dev/null
-retrieve_hit --include >"$work/hit_answer.http"
+retrieve 2024-05-02T21:03:35.001_0000FzZw -o /dev/null
+retrieve 2024-05-02T21:03:35.001_0000FzZw --include >"$work/hit_answer.http"
+retrieve 2024-02-30T21:03:35.001_0000FzZw --include >"$work/invalid_answer.http"
 target/release/examples/floor "$FLOOR_ANSWER" "$work/hit_answer.http" >/dev/null 2>&1 &
 pids+=($!)
+floor_answer_pid=$!
+target/release/examples/floor "$FLOOR_INVALID" "$work/invalid_answer.http" >/dev/null 2>&1 &
+pids+=($!)
+floor_invalid_pid=$!
 wait_for "$FLOOR_ANSWER"
+wait_for "$FLOOR_INVALID"
 
 if [ "$have_nginx" = yes ]; then
   mkdir -p "$work/nginx"
@@ -114,6 +124,9 @@ if [ "$have_nginx" = yes ]; then
   "$NGINX_BIN" -c "$work/nginx/nginx.conf" -p "$work/nginx" 2>"$work/nginx/stderr" &
   pids+=($!)
   wait_for "$NGINX"
+  # The worker serves; the master and the cache processes (one of which exits
+  # after its first minute) sit idle.
+  nginx_pids=$(pgrep -P $! -f 'worker process' | tr '\n' ' ')
   curl -s -o /dev/null -H 'Content-Type: application/json' -H 'Authorization: Bearer mpcgw_bench_key' \
     -d '{"label": "2024-05-02T21:03:35.001_0000FzZw"}' "http://$NGINX$URL_PATH"
 else
@@ -123,37 +136,58 @@ fi
 # wrk's latency figures in milliseconds.
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; printf "%.3f", v}'; }
 
-# One measurement; appends "name round rps p50 p99" to $work/results.
+# CPU time (user and system, in clock ticks) the processes $@ have used.
+cpu_ticks() {
+  local total=0 pid
+  for pid in "$@"; do
+    # Fields after the command name, which ends with the last ')'.
+    total=$((total + $(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')))
+  done
+  echo "$total"
+}
+TICKS_PER_SECOND=$(getconf CLK_TCK)
+
+# One measurement of the server made of processes $5...; appends
+# "name round rps p50 p99 cpu" to $work/results, cpu being the server's CPU
+# time per request in microseconds.
 measure() {
   local name=$1 address=$2 script=$3 round=$4
-  local out rps p50 p99 errors
+  shift 4
+  local out rps p50 p99 errors requests ticks cpu
+  ticks=$(cpu_ticks "$@")
   out=$(LABEL_PREFIX=$round wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "bench/wrk/$script" "http://$address$URL_PATH")
+  ticks=$(($(cpu_ticks "$@") - ticks))
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
   p50=$(awk '$1 == "50%" {print $2}' <<<"$out" | to_ms)
   p99=$(awk '$1 == "99%" {print $2}' <<<"$out" | to_ms)
   errors=$(awk '/Non-2xx or 3xx responses:/ {print $5}' <<<"$out")
-  echo "$name $round $rps $p50 $p99" >>"$work/results"
-  printf '  %-28s %12s req/s   p50 %8s ms   p99 %8s ms%s\n' "$name" "$rps" "$p50" "$p99" \
-    "${errors:+   (non-2xx: $errors)}"
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  cpu=$(awk -v t="$ticks" -v hz="$TICKS_PER_SECOND" -v n="$requests" 'BEGIN {printf "%.2f", t * 1e6 / hz / n}')
+  echo "$name $round $rps $p50 $p99 $cpu" >>"$work/results"
+  printf '  %-28s %12s req/s   p50 %8s ms   p99 %8s ms   CPU %6s us/request%s\n' "$name" "$rps" "$p50" "$p99" \
+    "$cpu" "${errors:+   (non-2xx: $errors)}"
 }
 
 echo "machine: $(nproc) cores, $(awk '/model name/ {$1=$2=$3=""; print; exit}' /proc/cpuinfo | sed 's/^ *//'); wrk -t1 -c$CONNECTIONS -d$DURATION; one worker each; $ROUNDS rounds"
 : >"$work/results"
 for round in $(seq "$ROUNDS"); do
   echo "round $round"
-  measure floor "$FLOOR" same_label.lua "$round"
-  measure floor_with_gateway_answer "$FLOOR_ANSWER" same_label.lua "$round"
-  measure gateway_hit "$GATEWAY" same_label.lua "$round"
-  measure gateway_invalid "$GATEWAY" invalid_label.lua "$round"
-  measure gateway_miss "$GATEWAY" new_label.lua "$round"
+  measure floor "$FLOOR" same_label.lua "$round" "$floor_pid"
+  measure floor_with_gateway_answer "$FLOOR_ANSWER" same_label.lua "$round" "$floor_answer_pid"
+  measure floor_with_invalid_answer "$FLOOR_INVALID" invalid_label.lua "$round" "$floor_invalid_pid"
+  measure gateway_hit "$GATEWAY" same_label.lua "$round" "$gateway_pid"
+  measure gateway_invalid "$GATEWAY" invalid_label.lua "$round" "$gateway_pid"
+  measure gateway_miss "$GATEWAY" new_label.lua "$round" "$gateway_pid"
   if [ "$have_nginx" = yes ]; then
-    measure nginx_hit "$NGINX" same_label.lua "$round"
-    measure nginx_miss "$NGINX" new_label.lua "$round"
+    # shellcheck disable=SC2086 # one argument per process
+    measure nginx_hit "$NGINX" same_label.lua "$round" $nginx_pids
+    # shellcheck disable=SC2086
+    measure nginx_miss "$NGINX" new_label.lua "$round" $nginx_pids
   fi
 done
 
-# The results column of a figure: "rps", "p50" or "p99".
-column() { case $1 in rps) echo 3 ;; p50) echo 4 ;; p99) echo 5 ;; esac; }
+# The results column of a figure: "rps", "p50", "p99" or "cpu".
+column() { case $1 in rps) echo 3 ;; p50) echo 4 ;; p99) echo 5 ;; cpu) echo 6 ;; esac; }
 # The median of the numbers on standard input, printed with format $1.
 middle() {
   sort -g | awk -v f="$1\n" '{v[NR] = $1}
@@ -173,12 +207,12 @@ ratio() {
 
 echo
 echo "medians over $ROUNDS rounds:"
-echo "| path | requests/s | p50 | p99 |"
-echo "|---|---|---|---|"
-rows="floor floor_with_gateway_answer gateway_hit gateway_invalid gateway_miss"
+echo "| path | requests/s | p50 | p99 | server CPU per request |"
+echo "|---|---|---|---|---|"
+rows="floor floor_with_gateway_answer floor_with_invalid_answer gateway_hit gateway_invalid gateway_miss"
 [ "$have_nginx" = yes ] && rows="$rows nginx_hit nginx_miss"
 for row in $rows; do
-  echo "| $row | $(median "$row" rps) | $(median "$row" p50) ms | $(median "$row" p99) ms |"
+  echo "| $row | $(median "$row" rps) | $(median "$row" p50) ms | $(median "$row" p99) ms | $(median "$row" cpu) us |"
 done
 echo
 echo "ratios (each taken within a round; median over the rounds):"
@@ -189,5 +223,7 @@ if [ "$have_nginx" = yes ]; then
   echo "  gateway miss / nginx miss throughput: $(ratio gateway_miss nginx_miss rps)   (target >= 1.5)"
   echo "  gateway hit / nginx hit throughput:   $(ratio gateway_hit nginx_hit rps)"
 fi
-echo "  floor with the gateway's answer / floor throughput: $(ratio floor_with_gateway_answer floor rps)   (the answer's own cost)"
-echo "  gateway hit / floor with the gateway's answer:      $(ratio gateway_hit floor_with_gateway_answer rps)   (the gateway's work)"
+echo "  floor with the gateway's answer / floor throughput:  $(ratio floor_with_gateway_answer floor rps)   (the hit answer's own cost)"
+echo "  gateway hit / floor with the gateway's answer:       $(ratio gateway_hit floor_with_gateway_answer rps)   (the gateway's work)"
+echo "  floor with the invalid answer / floor throughput:    $(ratio floor_with_invalid_answer floor rps)   (the 422's own cost: the most gateway invalid / floor can be)"
+echo "  gateway invalid / floor with the invalid answer:     $(ratio gateway_invalid floor_with_invalid_answer rps)   (the gateway's work)"
