@@ -53,7 +53,6 @@ pub async fn admit(
         Ok(identity) => identity,
         Err(error) => return Ok(refuse(req, Problem::Unauthenticated(error))),
     };
-    tracing::Span::current().record("user", identity.user());
 
     let admitted = state.quotas.admit_request(identity.user(), identity.tier());
     req.extensions_mut().insert(identity.clone());

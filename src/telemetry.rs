@@ -99,6 +99,12 @@ impl RequestId {
 }
 
 /// Middleware: request id in and out, one span and one log line per request.
+///
+/// The span carries what is known on arrival (request id, method, route), so
+/// every line logged during the request has it; what is learnt later (user,
+/// label kind, outcome) goes on the closing line. Recording it into the span
+/// instead would make the JSON format re-read and re-write the span's fields
+/// at every record, which cost more than the rest of a remembered answer.
 pub async fn request_context(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -113,9 +119,6 @@ pub async fn request_context(
         request_id = request_id.as_str(),
         method = %req.method(),
         route,
-        user = tracing::field::Empty,
-        label_kind = tracing::field::Empty,
-        outcome = tracing::field::Empty,
     );
     let method = req.method().clone();
 
@@ -130,58 +133,62 @@ pub async fn request_context(
 
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
-    observe(
-        &response,
-        route,
-        &method,
-        request_id.as_str(),
-        elapsed,
-        &span,
-    );
+    let outcome = observe(&response, route, &method, request_id.as_str(), elapsed);
     let latency_ms = elapsed.as_secs_f64() * 1000.0;
+    let extensions = response.request().extensions();
+    let user = extensions.get::<Identity>().map(Identity::user);
+    let label_kind = extensions.get::<Label>().map(|label| label.kind().as_str());
     span.in_scope(|| {
         if response.status().is_server_error() {
-            tracing::warn!(status, latency_ms, "request finished");
+            tracing::warn!(
+                status,
+                latency_ms,
+                user,
+                label_kind,
+                outcome,
+                "request finished"
+            );
         } else {
-            tracing::info!(status, latency_ms, "request finished");
+            tracing::info!(
+                status,
+                latency_ms,
+                user,
+                label_kind,
+                outcome,
+                "request finished"
+            );
         }
     });
+    drop(extensions);
     Ok(response)
 }
 
-/// Metrics for every request; for retrieve requests also the outcome, on
-/// the span and in the audit trail.
+/// Metrics for every request; for retrieve requests also the outcome, in the
+/// audit trail and returned for the request's log line.
 fn observe(
     response: &ServiceResponse<BoxBody>,
     route: &str,
     method: &Method,
     request_id: &str,
     elapsed: Duration,
-    span: &tracing::Span,
-) {
+) -> Option<&'static str> {
     let request = response.request();
-    let Some(metrics) = request.app_data::<web::Data<Metrics>>() else {
-        return;
-    };
+    let metrics = request.app_data::<web::Data<Metrics>>()?;
     metrics
         .route(route)
         .observe(method, response.status().as_u16(), elapsed);
     if route != RETRIEVE_ROUTE {
-        return;
+        return None;
     }
-    let Some(decision) = response
+    let decision = response
         .response()
         .extensions()
         .get::<RetrievalDecision>()
-        .copied()
-    else {
-        return;
-    };
+        .copied()?;
     let extensions = request.extensions();
     let label = extensions.get::<Label>();
     let kind = label.map(Label::kind);
     metrics.count_retrieval(decision.outcome, kind);
-    span.record("outcome", decision.outcome.as_str());
     if let Some(audit) = request
         .app_data::<web::Data<AuditLog>>()
         .filter(|audit| audit.is_enabled())
@@ -197,6 +204,7 @@ fn observe(
             email_may_have_been_triggered: decision.may_have_emailed,
         });
     }
+    Some(decision.outcome.as_str())
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! `GET /api/action-codes/labels/{label}`: check a label without contacting the MPC.
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use serde::Serialize;
 
 use crate::identity::Identity;
@@ -45,14 +45,14 @@ pub struct LabelStatus<'a> {
 )]
 pub async fn status(
     _identity: Identity,
+    req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Problem> {
     let raw = path.into_inner();
     let label = Label::parse(&raw).map_err(|error| Problem::InvalidLabel { label: raw, error })?;
-    tracing::Span::current().record("label_kind", label.kind().as_str());
     let remembered = state.dedup.get(&label);
-    Ok(HttpResponse::Ok().json(LabelStatus {
+    let response = HttpResponse::Ok().json(LabelStatus {
         label: &label,
         label_kind: label.kind(),
         valid: true,
@@ -60,5 +60,8 @@ pub async fn status(
             .as_ref()
             .map(|r| Timestamp::new(r.requested_at())),
         resend_available_at: remembered.as_ref().map(|r| Timestamp::new(r.expires_at())),
-    }))
+    });
+    // For the request's log line.
+    req.extensions_mut().insert(label);
+    Ok(response)
 }

@@ -128,7 +128,6 @@ pub async fn retrieve(
         label: request.label.into_owned(),
         error,
     })?;
-    tracing::Span::current().record("label_kind", label.kind().as_str());
     let answer = respond(&label, &identity, &state, mpc).await;
     // For the request's metrics and audit line, whatever the answer.
     req.extensions_mut().insert(label);

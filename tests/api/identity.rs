@@ -100,7 +100,7 @@ async fn a_trusted_proxys_user_header_is_honoured() {
     let logged_user = crate::helpers::logs_for_request("identity-trusted-header")
         .into_iter()
         .find(|line| line["message"] == "request finished")
-        .map(|line| line["span"]["user"].clone());
+        .map(|line| line["user"].clone());
     assert_eq!(logged_user, Some(json!("carol@observatory.example")));
 }
 
@@ -118,7 +118,7 @@ async fn anonymous_callers_are_served_when_allowed() {
         .into_iter()
         .find(|line| line["message"] == "request finished")
         .unwrap();
-    assert_eq!(line["span"]["user"], "anonymous:127.0.0.1");
+    assert_eq!(line["user"], "anonymous:127.0.0.1");
 }
 
 #[tokio::test]

@@ -25,7 +25,7 @@ async fn each_request_logs_one_line_with_its_context() {
     assert!(line["latency_ms"].as_f64().unwrap() >= 0.0);
     assert_eq!(line["span"]["route"], "/api/action-codes/retrieve");
     assert_eq!(line["span"]["method"], "POST");
-    assert_eq!(line["span"]["label_kind"], "trksub");
+    assert_eq!(line["label_kind"], "trksub");
     assert!(
         lines.iter().any(|l| l["message"] == "MPC call finished"),
         "the MPC call is logged in the request's span: {lines:#?}"
@@ -48,5 +48,23 @@ async fn refused_requests_are_logged_too() {
         .expect("a request line");
     assert_eq!(line["status"], 422);
     assert_eq!(line["span"]["route"], "/api/action-codes/labels/{label}");
-    assert!(line["span"].get("label_kind").is_none());
+    assert!(line.get("label_kind").is_none());
+    assert!(line.get("outcome").is_none());
+}
+
+#[tokio::test]
+async fn a_label_check_logs_the_label_kind() {
+    let app = spawn_app().await;
+
+    let response = app
+        .label_status_with("A10cnQO", &[("x-request-id", "log-test-check")])
+        .await;
+    assert_eq!(response.status().as_u16(), 200);
+
+    let line = logs_for_request("log-test-check")
+        .into_iter()
+        .find(|l| l["message"] == "request finished")
+        .expect("a request line");
+    assert_eq!(line["label_kind"], "trksub");
+    assert_eq!(line["user"], "anonymous:127.0.0.1");
 }

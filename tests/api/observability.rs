@@ -262,9 +262,9 @@ async fn the_request_log_line_carries_user_and_outcome() {
             .into_iter()
             .find(|line| line["message"] == "request finished")
             .unwrap();
-        assert_eq!(line["span"]["outcome"], expected);
-        assert_eq!(line["span"]["user"], "anonymous:127.0.0.1");
-        assert_eq!(line["span"]["label_kind"], "trksub");
+        assert_eq!(line["outcome"], expected);
+        assert_eq!(line["user"], "anonymous:127.0.0.1");
+        assert_eq!(line["label_kind"], "trksub");
         assert_eq!(line["span"]["route"], "/api/action-codes/retrieve");
         assert_eq!(line["status"], 200);
         assert!(line["latency_ms"].is_number());
