@@ -24,6 +24,8 @@ FLOOR_ANSWER=127.0.0.1:18403
 FLOOR_INVALID=127.0.0.1:18404
 GATEWAY=127.0.0.1:18401
 GATEWAY_ADMIN=127.0.0.1:18411
+GATEWAY_LOGGED=127.0.0.1:18405
+GATEWAY_LOGGED_ADMIN=127.0.0.1:18415
 NGINX=127.0.0.1:18402
 URL_PATH=/api/action-codes/retrieve
 
@@ -40,7 +42,7 @@ if ! command -v nginx >/dev/null 2>&1 && ! [ -x /usr/sbin/nginx ]; then
 fi
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
 
-for address in "$FLOOR" "$FLOOR_ANSWER" "$FLOOR_INVALID" "$GATEWAY" "$GATEWAY_ADMIN" "$NGINX"; do
+for address in "$FLOOR" "$FLOOR_ANSWER" "$FLOOR_INVALID" "$GATEWAY" "$GATEWAY_ADMIN" "$GATEWAY_LOGGED" "$GATEWAY_LOGGED_ADMIN" "$NGINX"; do
   if (exec 3<>"/dev/tcp/${address%:*}/${address#*:}") 2>/dev/null; then
     echo "$address is already taken: stop whatever listens there first" >&2
     exit 1
@@ -69,12 +71,14 @@ floor_pid=$!
 wait_for "$FLOOR"
 
 digest=$(printf '%s' mpcgw_bench_key | target/release/mpc-action-gateway hash-key)
-cat >"$work/gateway.toml" <<TOML
+# A gateway's configuration: gateway_config LISTEN ADMIN_LISTEN LOG_LEVEL.
+gateway_config() {
+  cat <<TOML
 [server]
-listen = "$GATEWAY"
+listen = "$1"
 workers = 1
 [admin]
-listen = "$GATEWAY_ADMIN"
+listen = "$2"
 [upstream]
 base_url = "http://$FLOOR"
 max_per_minute = 100000000
@@ -91,23 +95,34 @@ requests_per_minute = 1000000000
 upstream_per_hour = 1000000000
 upstream_burst = 1000000000
 [log]
-level = "warn"
+level = "$3"
+format = "json"
 TOML
+}
+# The gateway measured, and the same logging one JSON line per request (as
+# deployed, stdout read by a fast consumer), for the hit path's log cost.
+gateway_config "$GATEWAY" "$GATEWAY_ADMIN" warn >"$work/gateway.toml"
+gateway_config "$GATEWAY_LOGGED" "$GATEWAY_LOGGED_ADMIN" info >"$work/gateway_logged.toml"
 target/release/mpc-action-gateway --config "$work/gateway.toml" >/dev/null 2>&1 &
 pids+=($!)
 gateway_pid=$!
+target/release/mpc-action-gateway --config "$work/gateway_logged.toml" >/dev/null 2>&1 &
+pids+=($!)
+gateway_logged_pid=$!
 wait_for "$GATEWAY"
+wait_for "$GATEWAY_LOGGED"
 # Remember the label of the hit path before measuring it; then keep the hit
 # and invalid-label answers, which two more floors serve byte for byte: what
 # an answer alone (its status, size and headers) costs the framework and the
-# kernel.
+# kernel. Usage: retrieve ADDRESS LABEL [curl options].
 retrieve() {
-  curl -s "${@:2}" -H 'Content-Type: application/json' -H 'Authorization: Bearer mpcgw_bench_key' \
-    -d "{\"label\": \"$1\"}" "http://$GATEWAY$URL_PATH"
+  curl -s "${@:3}" -H 'Content-Type: application/json' -H 'Authorization: Bearer mpcgw_bench_key' \
+    -d "{\"label\": \"$2\"}" "http://$1$URL_PATH"
 }
-retrieve 2024-05-02T21:03:35.001_0000FzZw -o /dev/null
-retrieve 2024-05-02T21:03:35.001_0000FzZw --include >"$work/hit_answer.http"
-retrieve 2024-02-30T21:03:35.001_0000FzZw --include >"$work/invalid_answer.http"
+retrieve "$GATEWAY" 2024-05-02T21:03:35.001_0000FzZw -o /dev/null
+retrieve "$GATEWAY_LOGGED" 2024-05-02T21:03:35.001_0000FzZw -o /dev/null
+retrieve "$GATEWAY" 2024-05-02T21:03:35.001_0000FzZw --include >"$work/hit_answer.http"
+retrieve "$GATEWAY" 2024-02-30T21:03:35.001_0000FzZw --include >"$work/invalid_answer.http"
 target/release/examples/floor "$FLOOR_ANSWER" "$work/hit_answer.http" >/dev/null 2>&1 &
 pids+=($!)
 floor_answer_pid=$!
@@ -176,6 +191,7 @@ for round in $(seq "$ROUNDS"); do
   measure floor_with_gateway_answer "$FLOOR_ANSWER" same_label.lua "$round" "$floor_answer_pid"
   measure floor_with_invalid_answer "$FLOOR_INVALID" invalid_label.lua "$round" "$floor_invalid_pid"
   measure gateway_hit "$GATEWAY" same_label.lua "$round" "$gateway_pid"
+  measure gateway_hit_logged "$GATEWAY_LOGGED" same_label.lua "$round" "$gateway_logged_pid"
   measure gateway_invalid "$GATEWAY" invalid_label.lua "$round" "$gateway_pid"
   measure gateway_miss "$GATEWAY" new_label.lua "$round" "$gateway_pid"
   if [ "$have_nginx" = yes ]; then
@@ -209,7 +225,7 @@ echo
 echo "medians over $ROUNDS rounds:"
 echo "| path | requests/s | p50 | p99 | server CPU per request |"
 echo "|---|---|---|---|---|"
-rows="floor floor_with_gateway_answer floor_with_invalid_answer gateway_hit gateway_invalid gateway_miss"
+rows="floor floor_with_gateway_answer floor_with_invalid_answer gateway_hit gateway_hit_logged gateway_invalid gateway_miss"
 [ "$have_nginx" = yes ] && rows="$rows nginx_hit nginx_miss"
 for row in $rows; do
   echo "| $row | $(median "$row" rps) | $(median "$row" p50) ms | $(median "$row" p99) ms | $(median "$row" cpu) us |"
@@ -225,5 +241,6 @@ if [ "$have_nginx" = yes ]; then
 fi
 echo "  floor with the gateway's answer / floor throughput:  $(ratio floor_with_gateway_answer floor rps)   (the hit answer's own cost)"
 echo "  gateway hit / floor with the gateway's answer:       $(ratio gateway_hit floor_with_gateway_answer rps)   (the gateway's work)"
+echo "  gateway hit logging each request / gateway hit:      $(ratio gateway_hit_logged gateway_hit rps)   (log.level = info, JSON lines)"
 echo "  floor with the invalid answer / floor throughput:    $(ratio floor_with_invalid_answer floor rps)   (the 422's own cost: the most gateway invalid / floor can be)"
 echo "  gateway invalid / floor with the invalid answer:     $(ratio gateway_invalid floor_with_invalid_answer rps)   (the gateway's work)"
