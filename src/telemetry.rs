@@ -133,33 +133,44 @@ pub async fn request_context(
 
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
-    let outcome = observe(&response, route, &method, request_id.as_str(), elapsed);
     let latency_ms = elapsed.as_secs_f64() * 1000.0;
-    let extensions = response.request().extensions();
-    let user = extensions.get::<Identity>().map(Identity::user);
-    let label_kind = extensions.get::<Label>().map(|label| label.kind().as_str());
-    span.in_scope(|| {
-        if response.status().is_server_error() {
-            tracing::warn!(
-                status,
-                latency_ms,
-                user,
-                label_kind,
-                outcome,
-                "request finished"
-            );
-        } else {
-            tracing::info!(
-                status,
-                latency_ms,
-                user,
-                label_kind,
-                outcome,
-                "request finished"
-            );
-        }
-    });
-    drop(extensions);
+    {
+        // Who asked and for which label, as the handlers left them.
+        let extensions = response.request().extensions();
+        let user = extensions.get::<Identity>().map(Identity::user);
+        let label = extensions.get::<Label>();
+        let outcome = observe(
+            &response,
+            route,
+            &method,
+            request_id.as_str(),
+            elapsed,
+            user,
+            label,
+        );
+        let label_kind = label.map(|label| label.kind().as_str());
+        span.in_scope(|| {
+            if response.status().is_server_error() {
+                tracing::warn!(
+                    status,
+                    latency_ms,
+                    user,
+                    label_kind,
+                    outcome,
+                    "request finished"
+                );
+            } else {
+                tracing::info!(
+                    status,
+                    latency_ms,
+                    user,
+                    label_kind,
+                    outcome,
+                    "request finished"
+                );
+            }
+        });
+    }
     Ok(response)
 }
 
@@ -171,6 +182,8 @@ fn observe(
     method: &Method,
     request_id: &str,
     elapsed: Duration,
+    user: Option<&str>,
+    label: Option<&Label>,
 ) -> Option<&'static str> {
     let request = response.request();
     let metrics = request.app_data::<web::Data<Metrics>>()?;
@@ -185,8 +198,6 @@ fn observe(
         .extensions()
         .get::<RetrievalDecision>()
         .copied()?;
-    let extensions = request.extensions();
-    let label = extensions.get::<Label>();
     let kind = label.map(Label::kind);
     metrics.count_retrieval(decision.outcome, kind);
     if let Some(audit) = request
@@ -196,7 +207,7 @@ fn observe(
         audit.record(&AuditEntry {
             timestamp: AuditEntry::now(),
             request_id,
-            user: extensions.get::<Identity>().map(Identity::user),
+            user,
             label: label.map(Label::as_str),
             label_kind: kind.map_or("none", LabelKind::as_str),
             outcome: decision.outcome.as_str(),
