@@ -28,6 +28,9 @@ GATEWAY_LOGGED=127.0.0.1:18405
 GATEWAY_LOGGED_ADMIN=127.0.0.1:18415
 NGINX=127.0.0.1:18402
 URL_PATH=/api/action-codes/retrieve
+# The labels of bench/wrk/same_label.lua and invalid_label.lua.
+HIT_LABEL=2024-05-02T21:03:35.001_0000FzZw
+INVALID_LABEL=2024-02-30T21:03:35.001_0000FzZw
 
 install() {
   command -v "$1" >/dev/null 2>&1 && return 0
@@ -119,10 +122,10 @@ retrieve() {
   curl -s "${@:3}" -H 'Content-Type: application/json' -H 'Authorization: Bearer mpcgw_bench_key' \
     -d "{\"label\": \"$2\"}" "http://$1$URL_PATH"
 }
-retrieve "$GATEWAY" 2024-05-02T21:03:35.001_0000FzZw -o /dev/null
-retrieve "$GATEWAY_LOGGED" 2024-05-02T21:03:35.001_0000FzZw -o /dev/null
-retrieve "$GATEWAY" 2024-05-02T21:03:35.001_0000FzZw --include >"$work/hit_answer.http"
-retrieve "$GATEWAY" 2024-02-30T21:03:35.001_0000FzZw --include >"$work/invalid_answer.http"
+retrieve "$GATEWAY" "$HIT_LABEL" -o /dev/null
+retrieve "$GATEWAY_LOGGED" "$HIT_LABEL" -o /dev/null
+retrieve "$GATEWAY" "$HIT_LABEL" --include >"$work/hit_answer.http"
+retrieve "$GATEWAY" "$INVALID_LABEL" --include >"$work/invalid_answer.http"
 target/release/examples/floor "$FLOOR_ANSWER" "$work/hit_answer.http" >/dev/null 2>&1 &
 pids+=($!)
 floor_answer_pid=$!
@@ -142,8 +145,7 @@ if [ "$have_nginx" = yes ]; then
   # The worker serves; the master and the cache processes (one of which exits
   # after its first minute) sit idle.
   nginx_pids=$(pgrep -P $! -f 'worker process' | tr '\n' ' ')
-  curl -s -o /dev/null -H 'Content-Type: application/json' -H 'Authorization: Bearer mpcgw_bench_key' \
-    -d '{"label": "2024-05-02T21:03:35.001_0000FzZw"}' "http://$NGINX$URL_PATH"
+  retrieve "$NGINX" "$HIT_LABEL" -o /dev/null
 else
   echo "nginx is not installed and could not be: its rows are skipped" >&2
 fi
