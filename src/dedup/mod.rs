@@ -295,9 +295,13 @@ impl Dedup {
             Err(UpstreamFailure::Timeout(_)) => Outcome::Uncertain {
                 reason: Uncertainty::Timeout,
             },
-            Err(UpstreamFailure::ConnectionLost(_)) => Outcome::Uncertain {
-                reason: Uncertainty::ConnectionLost,
-            },
+            // A 1xx or 3xx answer means the MPC read the request, as a lost
+            // connection may: either could have sent an email.
+            Err(UpstreamFailure::ConnectionLost(_) | UpstreamFailure::UnexpectedStatus(_)) => {
+                Outcome::Uncertain {
+                    reason: Uncertainty::ConnectionLost,
+                }
+            }
             // Certainly nothing was sent: the next request tries again.
             Err(failure) => return Err(failure),
         };

@@ -1,6 +1,11 @@
 //! The MPC client: one awc client per worker, timeouts, a retry only for
 //! connections never established, and the classification of every answer
 //! (or its absence). The circuit breaker is in [`breaker`].
+//!
+//! Whether a failed call may have reached the MPC decides everything
+//! downstream (remembered or not, retried or not), so the classification
+//! errs towards "it may have": only an error that awc can raise before the
+//! first byte of the request is written counts as never connected.
 
 pub mod breaker;
 
@@ -18,8 +23,9 @@ use crate::config::UpstreamSettings;
 use crate::label::Label;
 use crate::metrics::Metrics;
 
-/// Largest MPC body kept; the real answers are a few hundred bytes.
-const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// Largest MPC body kept (SPEC: 4 KiB); the real answers are a few hundred
+/// bytes, and every remembered outcome holds one.
+pub const MAX_ANSWER_BYTES: usize = 4 * 1024;
 
 /// Attempts for a connection that could not be established (nothing sent yet).
 const CONNECT_ATTEMPTS: u32 = 3;
@@ -71,7 +77,8 @@ pub enum UpstreamFailure {
     /// 5xx: the MPC failed; nothing was sent.
     #[error("the MPC answered {}", .0.status)]
     ServerError(MpcAnswer),
-    /// A status that is neither success nor a client or server error.
+    /// A status that is neither success nor a client or server error (1xx,
+    /// 3xx): the MPC read the request and may have acted on it.
     #[error("the MPC answered with unexpected status {}", .0.status)]
     UnexpectedStatus(MpcAnswer),
     /// No answer within `upstream.timeout`; the MPC may have acted.
@@ -96,7 +103,10 @@ impl UpstreamFailure {
 
     /// Whether the MPC may have sent an email despite the failure.
     pub fn may_have_sent(&self) -> bool {
-        matches!(self, Self::Timeout(_) | Self::ConnectionLost(_))
+        matches!(
+            self,
+            Self::Timeout(_) | Self::ConnectionLost(_) | Self::UnexpectedStatus(_)
+        )
     }
 }
 
@@ -235,13 +245,27 @@ pub fn classify_status(answer: MpcAnswer) -> Result<Reply, UpstreamFailure> {
 
 fn classify_send_error(error: SendRequestError, timeout: Duration) -> UpstreamFailure {
     match error {
-        SendRequestError::Connect(ConnectError::Timeout) => {
-            UpstreamFailure::NotConnected("connection timed out".to_owned())
-        }
-        SendRequestError::Connect(error) => UpstreamFailure::NotConnected(error.to_string()),
-        SendRequestError::Url(error) => UpstreamFailure::NotConnected(error.to_string()),
         SendRequestError::Timeout => UpstreamFailure::Timeout(timeout),
-        other => UpstreamFailure::ConnectionLost(other.to_string()),
+        SendRequestError::Url(error) => UpstreamFailure::NotConnected(error.to_string()),
+        SendRequestError::Connect(error) => match error {
+            // Raised while resolving, connecting, or in the TLS or HTTP/2
+            // handshake: no byte of the request has been written yet.
+            ConnectError::Timeout => {
+                UpstreamFailure::NotConnected("connection timed out".to_owned())
+            }
+            ConnectError::Resolver(_)
+            | ConnectError::NoRecords
+            | ConnectError::Unresolved
+            | ConnectError::SslIsNotSupported
+            | ConnectError::H2(_)
+            | ConnectError::Io(_) => UpstreamFailure::NotConnected(error.to_string()),
+            // `Disconnected` is what awc reports when the MPC closes the
+            // connection after reading the request; like any variant added
+            // later, it may follow a request the MPC has acted on.
+            lost => UpstreamFailure::ConnectionLost(lost.to_string()),
+        },
+        // Writing the request, reading the answer, or anything unforeseen.
+        lost => UpstreamFailure::ConnectionLost(lost.to_string()),
     }
 }
 
@@ -292,11 +316,64 @@ mod tests {
     }
 
     #[test]
-    fn only_timeouts_and_lost_connections_may_have_sent() {
+    fn only_timeouts_lost_connections_and_odd_statuses_may_have_sent() {
         assert!(UpstreamFailure::Timeout(Duration::from_secs(1)).may_have_sent());
         assert!(UpstreamFailure::ConnectionLost("reset".into()).may_have_sent());
+        assert!(UpstreamFailure::UnexpectedStatus(answer(302)).may_have_sent());
+        assert!(UpstreamFailure::UnexpectedStatus(answer(100)).may_have_sent());
         assert!(!UpstreamFailure::NotConnected("refused".into()).may_have_sent());
         assert!(!UpstreamFailure::ServerError(answer(500)).may_have_sent());
+    }
+
+    fn classified(error: SendRequestError) -> UpstreamFailure {
+        classify_send_error(error, Duration::from_secs(5))
+    }
+
+    #[test]
+    fn errors_before_the_request_is_written_are_not_connected() {
+        let before_any_byte = [
+            SendRequestError::Connect(ConnectError::Timeout),
+            SendRequestError::Connect(ConnectError::NoRecords),
+            SendRequestError::Connect(ConnectError::Unresolved),
+            SendRequestError::Connect(ConnectError::SslIsNotSupported),
+            SendRequestError::Connect(ConnectError::Resolver("no such host".into())),
+            SendRequestError::Connect(ConnectError::Io(std::io::Error::from(
+                std::io::ErrorKind::ConnectionRefused,
+            ))),
+            SendRequestError::Url(awc::error::InvalidUrl::MissingHost),
+        ];
+        for error in before_any_byte {
+            let shown = error.to_string();
+            assert!(
+                matches!(classified(error), UpstreamFailure::NotConnected(_)),
+                "{shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_connection_that_ends_after_the_request_is_lost_never_unconnected() {
+        let after_writing = [
+            // What awc says when the MPC reads the request and closes.
+            SendRequestError::Connect(ConnectError::Disconnected),
+            SendRequestError::Send(std::io::Error::from(std::io::ErrorKind::BrokenPipe)),
+            SendRequestError::Send(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+            SendRequestError::Response(actix_web::error::ParseError::Incomplete),
+            SendRequestError::Body("the body stream failed".into()),
+        ];
+        for error in after_writing {
+            let shown = error.to_string();
+            let failure = classified(error);
+            assert!(
+                matches!(failure, UpstreamFailure::ConnectionLost(_)),
+                "{shown}: {failure:?}"
+            );
+            assert!(failure.may_have_sent());
+        }
+        assert_eq!(
+            classified(SendRequestError::Timeout),
+            UpstreamFailure::Timeout(Duration::from_secs(5))
+        );
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! `spawn_app()`: a running gateway in front of a mock MPC, and a client for it.
 
+pub mod raw_mpc;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};

@@ -9,6 +9,7 @@ mod identity;
 mod labels;
 mod load;
 mod logging;
+mod mpc_replies;
 mod observability;
 mod quota;
 mod resilience;

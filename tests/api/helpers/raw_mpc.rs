@@ -1,0 +1,95 @@
+//! A fake MPC on a raw TCP socket, for the ways a connection can end that
+//! an HTTP mock cannot produce: a close, a reset or a half-close after the
+//! request was read, a cut-off answer, a 1xx or 3xx status.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+
+/// A raw MPC: its base URL and how many whole requests it has read.
+pub struct RawMpc {
+    pub address: String,
+    requests: Arc<AtomicUsize>,
+}
+
+impl RawMpc {
+    /// Whole requests read so far, on every connection.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+/// Starts an MPC that reads each request whole (head and body), counts it,
+/// then hands the connection to `behave`.
+pub async fn raw_mpc<F, Fut>(behave: F) -> RawMpc
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&requests);
+    let behave = Arc::new(behave);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counted = Arc::clone(&counted);
+            let behave = Arc::clone(&behave);
+            tokio::spawn(async move {
+                if read_request(&mut stream).await {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    behave(stream).await;
+                }
+            });
+        }
+    });
+    RawMpc { address, requests }
+}
+
+/// Reads one request, head then `Content-Length` bytes of body; false when
+/// the connection ends first.
+async fn read_request(stream: &mut TcpStream) -> bool {
+    let mut seen = Vec::new();
+    let mut buffer = [0_u8; 4096];
+    loop {
+        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .and_then(|value| value.trim().parse().ok())
+                .unwrap_or(0);
+            if seen.len() >= end + 4 + length {
+                return true;
+            }
+        }
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => seen.extend_from_slice(&buffer[..n]),
+        }
+    }
+}
+
+/// Makes dropping the socket send a TCP reset rather than a clean close.
+pub fn reset_on_close(stream: TcpStream) -> std::net::TcpStream {
+    use std::os::fd::AsRawFd;
+    let socket = stream.into_std().unwrap();
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads `linger` for the duration of the call only.
+    let set = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "SO_LINGER is set");
+    socket
+}
