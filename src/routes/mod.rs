@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod health;
 pub mod labels;
+pub mod media_type;
 pub mod retrieve;
 
 use std::fmt;

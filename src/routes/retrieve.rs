@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
-use serde::{Deserialize, Serialize};
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use tracing::Instrument;
 
 use crate::dedup::{Claim, Outcome, Remembered, Settled, Uncertainty};
@@ -18,6 +20,7 @@ use crate::metrics::{BUDGET_LIMIT, RetrievalDecision, RetrievalOutcome};
 use crate::problem::Problem;
 use crate::problem::ProblemDocument;
 use crate::routes::Timestamp;
+use crate::routes::media_type::MediaType;
 use crate::startup::AppState;
 use crate::upstream::{MpcAnswer, MpcClient};
 use utoipa::ToSchema;
@@ -35,15 +38,44 @@ const JSON: &str = "application/json";
 pub const CACHE_STATUS: &str = "cache-status";
 
 /// The request body the MPC accepts; other members are ignored.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(expecting = "a JSON object with a string member \"label\"")]
+#[derive(Debug, ToSchema)]
 pub struct RetrieveRequest<'a> {
     /// The label exactly as sent, not yet judged: any string is read, and
     /// one that is not a label the MPC accepts gets a 422 problem.
-    // Borrowed from the body unless it has escapes.
-    #[serde(borrow)]
     #[schema(value_type = String, example = "2024-05-02T21:03:35.001_0000FzZw")]
     pub label: Cow<'a, str>,
+}
+
+/// The members of a [`RetrieveRequest`]; read only from a JSON object.
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object with a string member \"label\"")]
+struct Members<'a> {
+    // Borrowed from the body unless it has escapes.
+    #[serde(borrow)]
+    label: Cow<'a, str>,
+}
+
+// serde's derived impl for a struct also accepts a sequence of its members
+// in order, so `["A10cnQO"]` would be read as a label: only a map is asked for.
+impl<'de: 'a, 'a> Deserialize<'de> for RetrieveRequest<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectOnly;
+
+        impl<'de> Visitor<'de> for ObjectOnly {
+            type Value = Members<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object with a string member \"label\"")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                Members::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+
+        let Members { label } = deserializer.deserialize_map(ObjectOnly)?;
+        Ok(Self { label })
+    }
 }
 
 /// The answer to an accepted (or already accepted) request.
@@ -362,26 +394,32 @@ fn charge_upstream(state: &AppState, identity: &Identity) -> Result<(), Problem>
 
 /// Refuses bodies not declared as UTF-8 JSON (415) before reading them.
 pub fn check_content_type(req: &HttpRequest) -> Result<(), Problem> {
-    let declared = req.headers().get(header::CONTENT_TYPE);
-    if declared.is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(JSON.as_bytes())) {
-        return Ok(());
-    }
-    let mime = req.mime_type().map_err(|_| {
-        Problem::UnsupportedMediaType("The Content-Type header cannot be parsed".to_owned())
-    })?;
-    let Some(mime) = mime else {
+    let Some(declared) = req.headers().get(header::CONTENT_TYPE) else {
         return Err(Problem::UnsupportedMediaType(
             "The request has no Content-Type header".to_owned(),
         ));
     };
-    if mime.type_() != mime::APPLICATION || mime.subtype() != mime::JSON || mime.suffix().is_some()
-    {
+    if declared.as_bytes().eq_ignore_ascii_case(JSON.as_bytes()) {
+        return Ok(());
+    }
+    let media = declared
+        .to_str()
+        .ok()
+        .map(MediaType::parse)
+        .ok_or_else(|| {
+            Problem::UnsupportedMediaType("The Content-Type header is not ASCII text".to_owned())
+        })?
+        .map_err(|error| {
+            Problem::UnsupportedMediaType(format!("The Content-Type header is malformed: {error}"))
+        })?;
+    if !media.is("application", "json") {
         return Err(Problem::UnsupportedMediaType(format!(
-            "Content-Type {mime} is not application/json"
+            "Content-Type {}/{} is not application/json",
+            media.type_, media.subtype
         )));
     }
-    match mime.get_param(mime::CHARSET) {
-        Some(charset) if !charset.as_str().eq_ignore_ascii_case("utf-8") => {
+    match media.charset {
+        Some(charset) if !charset.eq_ignore_ascii_case("utf-8") => {
             Err(Problem::UnsupportedMediaType(format!(
                 "charset {charset} is not supported, JSON is UTF-8"
             )))
@@ -449,6 +487,8 @@ mod tests {
             "application/json",
             "application/json; charset=utf-8",
             "Application/JSON; charset=UTF-8",
+            "application/json ; charset=UTF-8",
+            "application/json;charset=\"utf-8\"",
         ] {
             let req = TestRequest::default()
                 .insert_header((header::CONTENT_TYPE, value))
@@ -464,6 +504,8 @@ mod tests {
             "application/x-www-form-urlencoded",
             "application/json; charset=latin1",
             "application/problem+json",
+            "application/json; charset=utf-8; charset=latin1",
+            "application/json charset=utf-8",
             "nonsense",
         ] {
             let req = TestRequest::default()
@@ -497,6 +539,8 @@ mod tests {
             b"  ",
             b"{",
             b"[]",
+            b"[\"ARR00001\"]",
+            b"[\"ARR00001\", 1]",
             b"\"A10cnQO\"",
             b"{}",
             b"{\"label\": 5}",

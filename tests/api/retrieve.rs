@@ -7,7 +7,8 @@ use wiremock::matchers::{body_json, header, method, path};
 use wiremock::{Mock, ResponseTemplate};
 
 use crate::helpers::{
-    MPC_PATH, add_key, assert_problem, mpc_answers, mpc_never_called, spawn_app, spawn_app_with,
+    MPC_PATH, add_key, add_tier, assert_problem, mpc_answers, mpc_never_called, spawn_app,
+    spawn_app_with,
 };
 
 const SUBMISSION_ID: &str = "2024-05-02T21:03:35.001_0000FzZw";
@@ -266,9 +267,17 @@ async fn malformed_bodies_are_400_and_never_reach_the_mpc() {
         "{\"label\": null}",
         "{\"label\": [\"A10cnQO\"]}",
         "{\"Label\": \"A10cnQO\"}",
+        // serde would read an array as the struct's members in order.
+        "[\"ARR00001\"]",
+        "[\"ARR00001\", \"extra\"]",
+        "\"ARR00001\"",
     ] {
         let response = app.retrieve_raw(Some("application/json"), body).await;
-        assert_problem(response, 400, "urn:mpc-gateway:malformed-request").await;
+        let problem = assert_problem(response, 400, "urn:mpc-gateway:malformed-request").await;
+        if body.starts_with('[') {
+            let detail = problem["detail"].as_str().unwrap();
+            assert!(detail.contains("JSON object"), "{body}: {detail}");
+        }
     }
 }
 
@@ -291,17 +300,21 @@ async fn non_json_content_types_are_415_and_never_reach_the_mpc() {
 
 #[tokio::test]
 async fn json_with_a_utf8_charset_is_accepted() {
-    let app = spawn_app().await;
-    mpc_answers(&app, 200, json!({}), 1).await;
+    let app = spawn_app_with(|settings| add_tier(settings, "default", 100, 100, 100)).await;
+    // RFC 9110 allows whitespace around the parameters' semicolon.
+    let content_types = [
+        "application/json; charset=UTF-8",
+        "application/json ; charset=UTF-8",
+        "application/json;charset=\"utf-8\"",
+        "Application/JSON",
+    ];
+    mpc_answers(&app, 200, json!({}), content_types.len() as u64).await;
 
-    let response = app
-        .retrieve_raw(
-            Some("application/json; charset=UTF-8"),
-            r#"{"label": "A10cnQO"}"#,
-        )
-        .await;
-
-    assert_eq!(response.status().as_u16(), 200);
+    for (n, content_type) in content_types.into_iter().enumerate() {
+        let body = format!(r#"{{"label": "A10cnQ{n}"}}"#);
+        let response = app.retrieve_raw(Some(content_type), body).await;
+        assert_eq!(response.status().as_u16(), 200, "{content_type}");
+    }
 }
 
 #[tokio::test]
