@@ -46,6 +46,7 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     /// Address the public API binds.
+    #[serde(deserialize_with = "socket_address")]
     pub listen: SocketAddr,
     /// Largest accepted request body in bytes.
     pub max_body_bytes: NonZeroUsize,
@@ -58,6 +59,7 @@ pub struct ServerSettings {
 #[serde(deny_unknown_fields)]
 pub struct AdminSettings {
     /// Address the admin API binds.
+    #[serde(deserialize_with = "socket_address")]
     pub listen: SocketAddr,
     /// Digest of the token `/admin/` routes require; `""` for none.
     pub token_sha256: OptionalDigest,
@@ -68,13 +70,13 @@ pub struct AdminSettings {
 #[serde(deny_unknown_fields)]
 pub struct DedupSettings {
     /// Lifetime of an accepted request.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "human_duration")]
     pub sent_ttl: Duration,
     /// Lifetime of an MPC refusal.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "human_duration")]
     pub rejected_ttl: Duration,
     /// Lifetime of an outcome the MPC may or may not have acted on.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "human_duration")]
     pub uncertain_ttl: Duration,
     /// Most outcomes remembered at once.
     pub max_entries: NonZeroU64,
@@ -149,10 +151,10 @@ pub struct UpstreamSettings {
     /// Path of the retrieve endpoint.
     pub path: String,
     /// Longest wait for a connection.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "human_duration")]
     pub connect_timeout: Duration,
     /// Longest wait for the whole answer.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "human_duration")]
     pub timeout: Duration,
     /// User-Agent template; `{version}` is replaced by the crate version.
     pub user_agent: String,
@@ -161,7 +163,7 @@ pub struct UpstreamSettings {
     /// Consecutive failures that open the breaker.
     pub breaker_failures: NonZeroU32,
     /// How long the breaker stays open before a probe.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "human_duration")]
     pub breaker_open_for: Duration,
     /// Gateway-wide MPC calls per minute (GCRA, burst of the same size).
     pub max_per_minute: NonZeroU32,
@@ -264,6 +266,65 @@ impl From<Network> for String {
 /// A list from a file, or a comma-separated string from an environment
 /// variable. (The config crate's own list parsing would also turn every
 /// all-digit value, such as a digest, into a number.)
+/// Durations as human strings (`"15s"`), with errors that say how to write one.
+mod human_duration {
+    use std::fmt;
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer, de};
+
+    const HOW: &str =
+        "write a number with a unit, as a string such as \"15s\", \"500ms\" or \"2m\"";
+
+    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_duration(*duration))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        struct Human;
+
+        impl de::Visitor<'_> for Human {
+            type Value = Duration;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a duration: {HOW}")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
+                humantime::parse_duration(text.trim())
+                    .map_err(|_| E::custom(format!("{text:?} is not a duration: {HOW}")))
+            }
+
+            fn visit_i64<E: de::Error>(self, number: i64) -> Result<Duration, E> {
+                Err(E::custom(format!("{number} has no unit: {HOW}")))
+            }
+
+            fn visit_u64<E: de::Error>(self, number: u64) -> Result<Duration, E> {
+                Err(E::custom(format!("{number} has no unit: {HOW}")))
+            }
+
+            fn visit_f64<E: de::Error>(self, number: f64) -> Result<Duration, E> {
+                Err(E::custom(format!("{number} has no unit: {HOW}")))
+            }
+        }
+
+        deserializer.deserialize_any(Human)
+    }
+}
+
+/// A listen address: an IP address and a port, never a host name to resolve.
+fn socket_address<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.trim().parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an IP address and port, such as \"127.0.0.1:8080\" or \
+             \"[::1]:8080\" (host names are not resolved)"
+        ))
+    })
+}
+
 fn list_or_commas<'de, D>(deserializer: D) -> Result<Vec<Network>, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -395,12 +456,26 @@ pub struct LogSettings {
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum LogFormat {
     /// One JSON object per line, for log shippers.
     Json,
     /// Human-readable lines.
     Pretty,
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        match value.as_str() {
+            "json" => Ok(Self::Json),
+            "pretty" => Ok(Self::Pretty),
+            other => Err(format!(
+                "{other:?} is not a log format: use \"json\" or \"pretty\""
+            )),
+        }
+    }
 }
 
 /// A tracing filter whose bare words are all real level names.
@@ -449,6 +524,14 @@ pub enum ConfigError {
     /// A source could not be read or is not TOML.
     #[error("cannot read configuration: {0}")]
     Source(#[from] config::ConfigError),
+    /// The file named by `--config` cannot be a configuration file.
+    #[error("cannot read configuration file {}: {message}", path.display())]
+    File {
+        /// The path given.
+        path: PathBuf,
+        /// Why it cannot be read.
+        message: String,
+    },
     /// A key holds a value of the wrong shape, or is unknown.
     #[error("invalid configuration at `{key}`: {message}")]
     Invalid {
@@ -482,6 +565,12 @@ impl Settings {
         let mut builder =
             Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
         if let Some(path) = file {
+            if path.is_dir() {
+                return Err(ConfigError::File {
+                    path: path.to_owned(),
+                    message: "it is a directory, not a TOML file".to_owned(),
+                });
+            }
             builder = builder.add_source(File::from(path).format(FileFormat::Toml));
         }
         let environment = Environment::with_prefix(ENV_PREFIX)
@@ -547,7 +636,12 @@ impl Settings {
         if upstream.connect_timeout > upstream.timeout {
             return Err(ConfigError::invalid(
                 "upstream.connect_timeout",
-                "must not be longer than upstream.timeout",
+                format!(
+                    "{} is longer than upstream.timeout ({}): connecting is part of the \
+                     whole call, so raise upstream.timeout or lower upstream.connect_timeout",
+                    humantime::format_duration(upstream.connect_timeout),
+                    humantime::format_duration(upstream.timeout),
+                ),
             ));
         }
         let user_agent = upstream.user_agent();
@@ -780,6 +874,94 @@ mod tests {
             let err = Settings::load_from(None, env(&[(var, value)])).unwrap_err();
             assert_eq!(invalid_key(err), key, "{var}={value}");
         }
+    }
+
+    fn message_of(toml: &str) -> String {
+        let f = file(toml);
+        Settings::load_from(Some(f.path()), env(&[]))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn errors_say_what_a_valid_value_looks_like() {
+        let cases = [
+            (
+                "[log]\nformat = \"text\"\n",
+                &[
+                    "`log.format`",
+                    "\"text\" is not a log format",
+                    "\"json\" or \"pretty\"",
+                ][..],
+            ),
+            (
+                "[upstream]\ntimeout = 15\n",
+                &["`upstream.timeout`", "15 has no unit", "such as \"15s\""],
+            ),
+            (
+                "[upstream]\ntimeout = \"15\"\n",
+                &[
+                    "`upstream.timeout`",
+                    "\"15\" is not a duration",
+                    "such as \"15s\"",
+                ],
+            ),
+            (
+                "[dedup]\nsent_ttl = \"an hour\"\n",
+                &["`dedup.sent_ttl`", "\"an hour\" is not a duration"],
+            ),
+            (
+                "[server]\nlisten = \"localhost:8080\"\n",
+                &[
+                    "`server.listen`",
+                    "\"localhost:8080\" is not an IP address and port",
+                    "\"127.0.0.1:8080\"",
+                ],
+            ),
+            (
+                "[admin]\nlisten = \"8081\"\n",
+                &["`admin.listen`", "is not an IP address and port"],
+            ),
+            (
+                "[upstream]\ntimeout = \"1.5s\"\n",
+                &[
+                    "`upstream.connect_timeout`",
+                    "5s is longer than upstream.timeout (1s 500ms)",
+                    "raise upstream.timeout or lower upstream.connect_timeout",
+                ],
+            ),
+        ];
+        for (toml, expected) in cases {
+            let message = message_of(toml);
+            for part in expected {
+                assert!(message.contains(part), "{toml:?}: {message}");
+            }
+        }
+    }
+
+    #[test]
+    fn durations_from_the_environment_get_the_same_advice() {
+        let message = Settings::load_from(None, env(&[("MPC_GATEWAY__UPSTREAM__TIMEOUT", "15")]))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("`upstream.timeout`"), "{message}");
+        assert!(message.contains("such as \"15s\""), "{message}");
+    }
+
+    #[test]
+    fn a_directory_given_as_the_config_file_is_named_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let message = Settings::load_from(Some(dir.path()), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains(&dir.path().display().to_string()),
+            "{message}"
+        );
+        assert!(
+            message.contains("is a directory, not a TOML file"),
+            "{message}"
+        );
     }
 
     #[test]
