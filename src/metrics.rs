@@ -177,6 +177,7 @@ pub struct Metrics {
     dedup_entries: IntGauge,
     quota_rejections: IntCounterVec,
     circuit_breaker_state: IntGauge,
+    audit_write_failures: IntCounter,
 }
 
 impl Metrics {
@@ -243,6 +244,10 @@ impl Metrics {
             "mpc_gateway_circuit_breaker_state",
             "Circuit breaker towards the MPC: 0 closed, 1 half-open, 2 open.",
         )?;
+        let audit_write_failures = IntCounter::new(
+            "mpc_gateway_audit_write_failures_total",
+            "Audit lines lost because the audit file could not be written.",
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("mpc_gateway_build_info", "The gateway's version; always 1."),
             &["version"],
@@ -258,6 +263,7 @@ impl Metrics {
         registry.register(Box::new(quota_rejections.clone()))?;
         registry.register(Box::new(circuit_breaker_state.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
+        registry.register(Box::new(audit_write_failures.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -301,6 +307,7 @@ impl Metrics {
             dedup_entries,
             quota_rejections,
             circuit_breaker_state,
+            audit_write_failures,
         })
     }
 
@@ -341,6 +348,11 @@ impl Metrics {
     /// Sets the breaker state: 0 closed, 1 half-open, 2 open.
     pub fn set_circuit_breaker_state(&self, state: i64) {
         self.circuit_breaker_state.set(state);
+    }
+
+    /// The counter of lost audit lines, for the audit log to count them in.
+    pub fn audit_write_failures(&self) -> IntCounter {
+        self.audit_write_failures.clone()
     }
 
     /// Everything in the Prometheus text exposition format.

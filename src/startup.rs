@@ -165,7 +165,12 @@ impl Gateway {
     pub fn new(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
         let metrics = Arc::new(Metrics::new()?);
         let audit_path = settings.log.audit_file.get();
-        let audit = AuditLog::open(audit_path).map_err(|source| StartupError::AuditFile {
+        let audit = AuditLog::open(
+            audit_path,
+            metrics.audit_write_failures(),
+            Arc::clone(&clock),
+        )
+        .map_err(|source| StartupError::AuditFile {
             path: audit_path
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),

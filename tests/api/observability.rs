@@ -350,6 +350,90 @@ async fn the_audit_trail_has_one_line_per_decision() {
     assert!(!text.contains("alice-key") && !text.contains("wrong-key"));
 }
 
+/// A 16 KiB tmpfs on a fresh directory, lazily unmounted when dropped.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    /// Mounts it; `None` (the test skipped) when that is impossible outside
+    /// CI, which runs as root and must not skip.
+    fn mount() -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16k", "tmpfs"])
+            .arg(dir.path())
+            .status();
+        if mounted.as_ref().is_ok_and(|status| status.success()) {
+            return Some(Self(dir));
+        }
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must be able to mount a tmpfs (run as root): {mounted:?}"
+        );
+        eprintln!("skipped: cannot mount a tmpfs (not root?): {mounted:?}");
+        None
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        // Lazy: a worker may still hold the audit file open.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_loses_whole_audit_lines_and_counts_every_one() {
+    let Some(disk) = SmallDisk::mount() else {
+        return;
+    };
+    let audit_file = disk.0.path().join("audit.jsonl");
+    let app = spawn_app_with(|settings| {
+        settings.log.audit_file = audit_file.to_string_lossy().into_owned().into();
+    })
+    .await;
+    let failures = "mpc_gateway_audit_write_failures_total";
+    assert_eq!(app.metric(failures).await, 0.0, "exported from start-up");
+
+    // About 190 bytes a line: 16 KiB hold fewer than 90 of them.
+    let requests = 150;
+    for n in 0..requests {
+        app.retrieve_with("not a label", &[("x-request-id", &format!("full-{n}"))])
+            .await;
+    }
+
+    let text = std::fs::read_to_string(&audit_file).unwrap();
+    assert!(text.ends_with('\n'), "no line cut short");
+    let ids: Vec<String> = text
+        .lines()
+        .map(|line| {
+            let line: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            line["request_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let expected: Vec<String> = (0..ids.len()).map(|n| format!("full-{n}")).collect();
+    assert_eq!(ids, expected, "the lines that fit, in order, none glued");
+    let lost = app.metric(failures).await;
+    assert!(lost > 0.0, "the disk filled up: {} lines", ids.len());
+    assert_eq!(ids.len() as f64 + lost, f64::from(requests));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn lines_lost_on_a_full_device_are_counted() {
+    let app =
+        spawn_app_with(|settings| settings.log.audit_file = String::from("/dev/full").into()).await;
+    for _ in 0..3 {
+        app.retrieve("not a label").await;
+    }
+    assert_eq!(
+        app.metric("mpc_gateway_audit_write_failures_total").await,
+        3.0
+    );
+}
+
 #[tokio::test]
 async fn every_metric_in_the_dashboard_and_alerts_is_exported() {
     let app = spawn_app().await;
