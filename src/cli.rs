@@ -40,12 +40,12 @@ pub enum Command {
     CheckConfig,
     /// Read an API key on stdin and print its SHA-256 digest for `[[auth.keys]]`.
     HashKey,
-    /// Print a new random API key and the config lines that admit it.
+    /// Print a new random API key (on stderr) and the config lines that admit it (on stdout).
     GenKey {
         /// The user the key identifies.
         #[arg(long)]
         user: String,
-        /// The quota tier of that user.
+        /// The quota tier of that user; must be one of `quota.tiers`.
         #[arg(long, default_value = "default")]
         tier: String,
     },
@@ -73,7 +73,7 @@ pub fn run() -> ExitCode {
         Command::Demo => demo(cli.config),
         Command::CheckConfig => check_config(cli.config),
         Command::HashKey => hash_key(),
-        Command::GenKey { user, tier } => gen_key(&user, &tier),
+        Command::GenKey { user, tier } => gen_key(cli.config, &user, &tier),
         Command::Validate { labels } => return validate(&labels),
         Command::Healthcheck { url } => return healthcheck(cli.config, url),
     };
@@ -148,15 +148,24 @@ fn hash_key() -> Result<(), String> {
     std::io::stdin()
         .read_to_string(&mut input)
         .map_err(|e| format!("cannot read the key from stdin: {e}"))?;
-    let key = input
-        .strip_suffix('\n')
-        .map(|k| k.strip_suffix('\r').unwrap_or(k))
-        .unwrap_or(&input);
+    println!("{}", key_digest(read_one_key(&input)?));
+    Ok(())
+}
+
+/// The key in `input`, without the surrounding whitespace the gateway also
+/// ignores when it compares a presented key.
+fn read_one_key(input: &str) -> Result<&str, String> {
+    let key = input.trim();
     if key.is_empty() {
         return Err("no key on stdin".to_owned());
     }
-    println!("{}", key_digest(key));
-    Ok(())
+    if key.lines().count() > 1 {
+        return Err(format!(
+            "stdin holds {} lines; hash-key reads exactly one key",
+            key.lines().count()
+        ));
+    }
+    Ok(key)
 }
 
 #[derive(Serialize)]
@@ -176,16 +185,18 @@ struct KeySnippet<'a> {
     auth: AuthSection<'a>,
 }
 
-fn gen_key(user: &str, tier: &str) -> Result<(), String> {
+fn gen_key(config: Option<PathBuf>, user: &str, tier: &str) -> Result<(), String> {
     if user.trim().is_empty() || user.chars().any(char::is_control) {
         return Err("--user must be a non-empty name without control characters".to_owned());
     }
-    if tier.is_empty()
-        || !tier
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
-        return Err("--tier must be a name of letters, digits, '-' or '_'".to_owned());
+    let settings = load(config)?;
+    if !settings.quota.tiers.contains_key(tier) {
+        let known: Vec<&str> = settings.quota.tiers.keys().map(String::as_str).collect();
+        return Err(format!(
+            "--tier {tier:?} is not a tier in quota.tiers (configured: {}); define \
+             [quota.tiers.{tier}] in the file given with --config first",
+            known.join(", ")
+        ));
     }
     let key = generate_key();
     let snippet = KeySnippet {
@@ -198,16 +209,15 @@ fn gen_key(user: &str, tier: &str) -> Result<(), String> {
         },
     };
     let lines = toml::to_string(&snippet).map_err(|e| e.to_string())?;
+    // The key goes to the terminal, the config lines to stdout, so that
+    // `gen-key ... >> gateway.toml` appends valid TOML and never the key.
+    eprintln!("{key}\n\nGive the key above to {user}; it is not stored anywhere.");
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{key}")
-        .and_then(|()| {
-            writeln!(
-                out,
-                "\n# Give the key above to {user}; it is not stored anywhere.\n\
-                 # Add these lines to the gateway's configuration file:\n{lines}"
-            )
-        })
-        .map_err(|e| e.to_string())
+    writeln!(
+        out,
+        "# API key for {user} (tier {tier}), made by gen-key\n{lines}"
+    )
+    .map_err(|e| e.to_string())
 }
 
 fn validate(labels: &[String]) -> ExitCode {
@@ -281,6 +291,32 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_key_is_read_as_the_gateway_compares_it() {
+        for input in ["abc", "abc\n", "abc\r\n", "  abc \t\n", "\nabc\n\n"] {
+            assert_eq!(read_one_key(input), Ok("abc"), "{input:?}");
+        }
+        assert_eq!(
+            read_one_key("a b"),
+            Ok("a b"),
+            "inner spaces are part of it"
+        );
+    }
+
+    #[test]
+    fn empty_or_several_lines_are_refused() {
+        for input in ["", "\n", " \t\r\n"] {
+            assert!(
+                read_one_key(input).unwrap_err().contains("no key"),
+                "{input:?}"
+            );
+        }
+        for input in ["abc\ndef", "abc\r\ndef\n", "abc\n\ndef"] {
+            let error = read_one_key(input).unwrap_err();
+            assert!(error.contains("exactly one key"), "{input:?}: {error}");
+        }
     }
 
     #[test]

@@ -89,6 +89,18 @@ fn hash_key_prints_the_sha256_of_stdin_without_its_newline() {
 }
 
 #[test]
+fn hash_key_strips_surrounding_whitespace_as_the_gateway_does() {
+    let output = hash_key("  abc \r\n");
+
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\n",
+        "the digest of \"abc\", the key a client sending \" abc \" is compared as"
+    );
+}
+
+#[test]
 fn hash_key_refuses_an_empty_key() {
     let output = hash_key("\n");
     assert_eq!(output.status.code(), Some(1));
@@ -96,30 +108,101 @@ fn hash_key_refuses_an_empty_key() {
 }
 
 #[test]
-fn gen_key_prints_a_key_and_matching_config_lines() {
+fn hash_key_refuses_several_lines() {
+    let output = hash_key("first-key\nsecond-key\n");
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(stdout(&output), "", "no digest of a key nobody has");
+    assert!(
+        stderr(&output).contains("exactly one key"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+/// A config file defining the tier `ops`.
+fn config_with_ops_tier() -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    file.write_all(
+        b"[quota.tiers.ops]\nrequests_per_minute = 60\nupstream_per_hour = 10\nupstream_burst = 3\n",
+    )
+    .unwrap();
+    file
+}
+
+#[test]
+fn gen_key_prints_the_key_on_stderr_and_only_config_lines_on_stdout() {
+    let config = config_with_ops_tier();
     let output = gateway()
-        .args(["gen-key", "--user", "alice", "--tier", "ops"])
+        .args(["gen-key", "--user", "alice", "--tier", "ops", "--config"])
+        .arg(config.path())
         .output()
         .unwrap();
 
-    assert_eq!(output.status.code(), Some(0));
-    let text = stdout(&output);
-    let key = text.lines().next().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let errors = stderr(&output);
+    let key = errors.lines().next().unwrap();
     assert!(key.starts_with("mpcgw_") && key.len() > 40, "{key}");
-    let config: toml::Table = text
-        .lines()
-        .skip(1)
-        .collect::<Vec<_>>()
-        .join("\n")
-        .parse()
-        .unwrap();
-    let entry = &config["auth"]["keys"][0];
+    let text = stdout(&output);
+    assert!(
+        !text.contains(key),
+        "the key never goes where the config goes"
+    );
+    let lines: toml::Table = text.parse().expect("stdout is TOML as a whole");
+    let entry = &lines["auth"]["keys"][0];
     assert_eq!(entry["user"].as_str(), Some("alice"));
     assert_eq!(entry["tier"].as_str(), Some("ops"));
     assert_eq!(
         entry["sha256"].as_str(),
         Some(mpc_action_gateway::identity::key_digest(key).as_str())
     );
+}
+
+#[test]
+fn gen_key_output_appended_to_a_config_file_loads_and_admits_the_key() {
+    let config = config_with_ops_tier();
+    let output = gateway()
+        .args(["gen-key", "--user", "alice", "--tier", "ops", "--config"])
+        .arg(config.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    // What `gen-key >> gateway.toml` does.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(config.path())
+        .unwrap()
+        .write_all(&output.stdout)
+        .unwrap();
+
+    let settings = mpc_action_gateway::config::Settings::load_from(
+        Some(config.path()),
+        Some(Default::default()),
+    )
+    .expect("the appended file is a valid config");
+    let key = stderr(&output).lines().next().unwrap().to_owned();
+    let digest = mpc_action_gateway::identity::key_digest(&key);
+    assert_eq!(settings.auth.keys.len(), 1);
+    assert_eq!(settings.auth.keys[0].user, "alice");
+    assert_eq!(settings.auth.keys[0].tier, "ops");
+    assert_eq!(hex::encode(settings.auth.keys[0].sha256.as_bytes()), digest);
+}
+
+#[test]
+fn gen_key_refuses_a_tier_that_is_not_configured() {
+    let output = gateway()
+        .args(["gen-key", "--user", "alice", "--tier", "gold"])
+        .output()
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(stdout(&output), "");
+    let errors = stderr(&output);
+    assert!(
+        errors.contains("\"gold\" is not a tier in quota.tiers"),
+        "{errors}"
+    );
+    assert!(errors.contains("configured: default"), "{errors}");
+    assert!(!errors.contains("mpcgw_"), "no key is made: {errors}");
 }
 
 #[test]
