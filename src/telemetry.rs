@@ -16,6 +16,7 @@ use crate::audit::{AuditEntry, AuditLog};
 use crate::config::{LogFormat, LogSettings};
 use crate::identity::Identity;
 use crate::label::{Label, LabelKind};
+use crate::listener::ConnectionWatch;
 use crate::metrics::{Metrics, RetrievalDecision};
 use crate::routes::{RETRIEVE_ROUTE, template_of};
 use crate::startup::Readiness;
@@ -110,6 +111,10 @@ pub async fn request_context(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let started = Instant::now();
+    // The head has arrived whole: its connection's head clock stops.
+    let _serving = req
+        .conn_data::<ConnectionWatch>()
+        .map(ConnectionWatch::serve);
     let readiness = req.app_data::<web::Data<Readiness>>().cloned();
     let _active = readiness.as_ref().map(|readiness| readiness.enter());
     let request_id = RequestId::from_header(req.headers().get(X_REQUEST_ID));

@@ -14,3 +14,4 @@ mod quota;
 mod resilience;
 mod retrieve;
 mod robustness;
+mod slow_clients;
