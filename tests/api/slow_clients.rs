@@ -1,5 +1,6 @@
-//! Slow clients: every request head meets its deadline, and public
-//! connections are capped below the open-file limit.
+//! Slow and broken clients: every request head meets its deadline, public
+//! connections are capped below the open-file limit, and requests the HTTP
+//! parser refuses are not logged at ERROR.
 
 use std::io::BufRead;
 use std::time::{Duration, Instant};
@@ -187,6 +188,39 @@ fn lines_until(
             return lines;
         }
     }
+}
+
+#[tokio::test]
+async fn requests_the_parser_refuses_get_400_and_no_error_line() {
+    let (running, received) = run_binary_logging(|_| {});
+
+    let mut conn = TcpStream::connect(socket_address(&running.public))
+        .await
+        .unwrap();
+    conn.write_all(b"GARBAGE\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    conn.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+    let mut lines = lines_until(&received, |line| {
+        line["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("refused a request the HTTP parser could not read"))
+    });
+    let refused = lines.last().unwrap().clone();
+    assert_eq!(refused["level"], "WARN", "{refused}");
+    assert_eq!(refused["held_back"], 0, "{refused}");
+    // A later line: whatever actix would log for the garbage is written by then.
+    let health = reqwest::get(format!("{}/healthz", running.admin))
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    lines.extend(lines_until(&received, |line| {
+        line["message"] == "request finished" && line["span"]["route"] == "/healthz"
+    }));
+    let errors: Vec<_> = lines.iter().filter(|l| l["level"] == "ERROR").collect();
+    assert!(errors.is_empty(), "{errors:#?}");
 }
 
 #[cfg(target_os = "linux")]
