@@ -95,6 +95,8 @@ where
                     // The default names 127.0.0.1:8080; nothing here reads it.
                     |_| AppConfig::default(),
                 ));
+            // Bytes read with no request in service start a head clock that the
+            // middleware stops when the request begins; overstaying fails the read.
             fn_service(move |io: TcpStream| async move {
                 let peer = io.peer_addr().ok();
                 Ok((WatchedStream::new(io, deadlines), peer))
