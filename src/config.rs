@@ -52,6 +52,8 @@ pub struct ServerSettings {
     pub max_body_bytes: NonZeroUsize,
     /// Worker threads; 0 means one per CPU core.
     pub workers: usize,
+    /// Most connections the public listener holds at once, all workers together.
+    pub max_connections: NonZeroUsize,
 }
 
 /// `[admin]`: the operators' listener.
@@ -827,6 +829,11 @@ mod tests {
                 "MPC_GATEWAY__SERVER__MAX_BODY_BYTES",
                 "0",
                 "server.max_body_bytes",
+            ),
+            (
+                "MPC_GATEWAY__SERVER__MAX_CONNECTIONS",
+                "0",
+                "server.max_connections",
             ),
             (
                 "MPC_GATEWAY__UPSTREAM__BASE_URL",

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod gate;
 pub mod identity;
 pub mod label;
+pub mod listener;
 pub mod metrics;
 pub mod openapi;
 pub mod problem;

@@ -18,6 +18,7 @@ use crate::config::{Settings, UpstreamSettings};
 use crate::dedup::{Dedup, persist};
 use crate::gate;
 use crate::identity::Authenticator;
+use crate::listener::{self, ConnectionLimits};
 use crate::metrics::Metrics;
 use crate::quota::Quotas;
 use crate::routes;
@@ -27,7 +28,8 @@ use crate::upstream::breaker::Breaker;
 use crate::upstream::{MpcClient, tls_config};
 use tokio::sync::Semaphore;
 
-/// Longest a client may take to send its request head (slow-loris guard).
+/// Longest a client may take to send a request head, on every request of a
+/// connection (slow-loris guard; see src/listener.rs).
 const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long an idle keep-alive connection is kept open.
@@ -118,6 +120,17 @@ pub enum StartupError {
         path: String,
         /// The operating system's reason.
         source: std::io::Error,
+    },
+    /// The open-file limit leaves no room for public connections.
+    #[error(
+        "the open-file limit ({limit}) leaves no room for public connections \
+         (server.max_connections) beside the {reserved} kept for the rest; raise it"
+    )]
+    FileLimit {
+        /// The soft limit in force, already raised to the hard limit.
+        limit: u64,
+        /// Descriptors kept free for everything but public connections.
+        reserved: u64,
     },
     /// The metrics could not be registered (a programming error).
     #[error("cannot register metrics: {0}")]
@@ -296,23 +309,15 @@ impl Application {
             }
         }
         let public_gateway = gateway.clone();
-        let mut public = HttpServer::new(move || public_gateway.public_app())
-            .disable_signals()
-            .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
-            .client_disconnect_timeout(Duration::from_secs(1))
-            .keep_alive(KEEP_ALIVE)
-            .shutdown_timeout(shutdown_timeout(&settings));
-        if settings.server.workers > 0 {
-            public = public.workers(settings.server.workers);
-        }
-        let public = public
-            .listen(public_listener)
+        let public =
+            listener::public_server(public_listener, public_limits(&settings)?, move || {
+                public_gateway.public_app()
+            })
             .map_err(|source| StartupError::Bind {
                 key: "server.listen",
                 addr: public_addr,
                 source,
-            })?
-            .run();
+            })?;
 
         let admin_gateway = gateway.clone();
         let admin = HttpServer::new(move || admin_gateway.admin_app())
@@ -443,6 +448,38 @@ async fn save(path: std::path::PathBuf, dedup: Arc<Dedup>) {
         Ok(Err(error)) => tracing::error!(path = %shown, %error, "cannot write the state file"),
         Err(error) => tracing::error!(path = %shown, %error, "state file writer failed"),
     }
+}
+
+/// The public listener's limits; raises the open-file limit to fit them.
+fn public_limits(settings: &Settings) -> Result<ConnectionLimits, StartupError> {
+    let configured = settings.server.max_connections.get();
+    let limit = listener::raise_open_files_limit();
+    let max_connections =
+        listener::connection_cap(configured, limit).ok_or(StartupError::FileLimit {
+            limit: limit.unwrap_or_default(),
+            reserved: listener::RESERVED_FILES,
+        })?;
+    if max_connections < configured {
+        tracing::warn!(
+            configured,
+            lowered_to = max_connections,
+            open_files_limit = limit,
+            "server.max_connections does not fit under the open-file limit with room for \
+             the admin listener and MPC calls: lowered; raise the hard limit (ulimit -Hn)"
+        );
+    }
+    let workers = match settings.server.workers {
+        // actix's own default, named here because the cap is split between workers.
+        0 => std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+        workers => workers,
+    };
+    Ok(ConnectionLimits {
+        head_timeout: CLIENT_REQUEST_TIMEOUT,
+        keep_alive: KEEP_ALIVE,
+        max_connections,
+        workers,
+        shutdown_timeout: shutdown_timeout(settings),
+    })
 }
 
 /// Seconds a stopping worker waits for its requests: long enough for an MPC call.

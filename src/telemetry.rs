@@ -1,5 +1,8 @@
 //! Logging set-up, request ids, and the per-request span and log line.
 
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix_web::body::{BoxBody, MessageBody};
@@ -8,14 +11,18 @@ use actix_web::http::Method;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, web};
-use tracing::Subscriber;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
 use crate::audit::{AuditEntry, AuditLog};
+use crate::clock::{Clock, MonotonicClock, nanos};
 use crate::config::{LogFormat, LogSettings};
 use crate::identity::Identity;
 use crate::label::{Label, LabelKind};
+use crate::listener::ConnectionWatch;
 use crate::metrics::{Metrics, RetrievalDecision};
 use crate::routes::{RETRIEVE_ROUTE, template_of};
 use crate::startup::Readiness;
@@ -45,9 +52,120 @@ where
                 .flatten_event(true)
                 .with_current_span(true)
                 .with_span_list(false)
-                .finish(),
+                .finish()
+                .with(ClientErrors::new()),
         ),
-        LogFormat::Pretty => Box::new(builder.with_target(false).finish()),
+        LogFormat::Pretty => Box::new(
+            builder
+                .with_target(false)
+                .finish()
+                .with(ClientErrors::new()),
+        ),
+    }
+}
+
+/// Where actix-http logs, at ERROR, each connection it drops over the
+/// client's bytes (an unparsable or too large request head).
+const ACTIX_DISPATCHER: &str = "actix_http::h1::dispatcher";
+
+/// How that line starts; actix's other ERROR lines there are left alone.
+const STREAM_ERROR: &str = "stream error: ";
+
+/// At most one line per this long about requests the HTTP parser refused.
+const CLIENT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Turns actix-http's per-connection "stream error" lines, which anyone can
+/// cause, into rate-limited warnings that count the lines held back.
+struct ClientErrors(LineLimit);
+
+impl ClientErrors {
+    fn new() -> Self {
+        Self(LineLimit::new(
+            Arc::new(MonotonicClock::default()),
+            CLIENT_ERROR_LOG_EVERY,
+        ))
+    }
+}
+
+impl<S: Subscriber> Layer<S> for ClientErrors {
+    fn event_enabled(&self, event: &Event<'_>, _: Context<'_, S>) -> bool {
+        let metadata = event.metadata();
+        if *metadata.level() != Level::ERROR || metadata.target() != ACTIX_DISPATCHER {
+            return true;
+        }
+        let mut message = Message::default();
+        event.record(&mut message);
+        let Some(error) = message.0.strip_prefix(STREAM_ERROR) else {
+            return true;
+        };
+        if let Some(held_back) = self.0.admit() {
+            tracing::warn!(
+                error,
+                held_back,
+                "refused a request the HTTP parser could not read (held_back: \
+                 such lines not logged since the last)"
+            );
+        }
+        false
+    }
+}
+
+/// An event's message text.
+#[derive(Default)]
+struct Message(String);
+
+impl Visit for Message {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.0.push_str(value);
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.0, "{value:?}");
+        }
+    }
+}
+
+/// Lets one line through per interval and counts the ones held back.
+pub struct LineLimit {
+    clock: Arc<dyn Clock>,
+    every: u64,
+    next: AtomicU64,
+    held_back: AtomicU64,
+}
+
+impl LineLimit {
+    /// One line per `every` on `clock`, the first at once.
+    pub fn new(clock: Arc<dyn Clock>, every: Duration) -> Self {
+        Self {
+            clock,
+            every: nanos(every),
+            next: AtomicU64::new(0),
+            held_back: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a line may be written now, with how many were held back since the last.
+    pub fn admit(&self) -> Option<u64> {
+        let now = nanos(self.clock.now());
+        let next = self.next.load(Ordering::Relaxed);
+        if now >= next
+            && self
+                .next
+                .compare_exchange(
+                    next,
+                    now.saturating_add(self.every),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            return Some(self.held_back.swap(0, Ordering::Relaxed));
+        }
+        self.held_back.fetch_add(1, Ordering::Relaxed);
+        None
     }
 }
 
@@ -110,6 +228,10 @@ pub async fn request_context(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let started = Instant::now();
+    // The head has arrived whole: its connection's head clock stops.
+    let _serving = req
+        .conn_data::<ConnectionWatch>()
+        .map(ConnectionWatch::serve);
     let readiness = req.app_data::<web::Data<Readiness>>().cloned();
     let _active = readiness.as_ref().map(|readiness| readiness.enter());
     let request_id = RequestId::from_header(req.headers().get(X_REQUEST_ID));
@@ -241,6 +363,19 @@ mod tests {
             assert_ne!(replaced.as_str(), value);
             assert_eq!(replaced.as_str().len(), 36);
         }
+    }
+
+    #[test]
+    fn one_line_per_interval_counting_the_rest() {
+        let clock = Arc::new(crate::clock::FakeClock::default());
+        let limit = LineLimit::new(clock.clone(), Duration::from_secs(10));
+        assert_eq!(limit.admit(), Some(0), "the first line at once");
+        assert_eq!(limit.admit(), None);
+        clock.advance(Duration::from_secs(9));
+        assert_eq!(limit.admit(), None);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(limit.admit(), Some(2), "two held back");
+        assert_eq!(limit.admit(), None);
     }
 
     #[test]

@@ -15,3 +15,4 @@ mod quota;
 mod resilience;
 mod retrieve;
 mod robustness;
+mod slow_clients;
