@@ -108,7 +108,7 @@ fn serve(config: Option<PathBuf>) -> Result<(), String> {
         application
             .run_until_stopped()
             .await
-            .map_err(|e| format!("server failed: {e}"))
+            .map_err(|e| e.to_string())
     })
 }
 
@@ -133,7 +133,7 @@ fn demo(config: Option<PathBuf>) -> Result<(), String> {
         );
         let result = application.run_until_stopped().await;
         mpc_handle.stop(true).await;
-        result.map_err(|e| format!("server failed: {e}"))
+        result.map_err(|e| e.to_string())
     })
 }
 

@@ -178,6 +178,30 @@ pub struct Metrics {
     quota_rejections: IntCounterVec,
     circuit_breaker_state: IntGauge,
     audit_write_failures: IntCounter,
+    state_file_saves: StateFileSaves,
+}
+
+/// `state_file_saves_total`, one series per result.
+struct StateFileSaves {
+    ok: IntCounter,
+    error: IntCounter,
+}
+
+impl StateFileSaves {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let saves = IntCounterVec::new(
+            Opts::new(
+                "mpc_gateway_state_file_saves_total",
+                "Writes of the state file (dedup.state_file), by result.",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(saves.clone()))?;
+        Ok(Self {
+            ok: saves.with_label_values(&["ok"]),
+            error: saves.with_label_values(&["error"]),
+        })
+    }
 }
 
 impl Metrics {
@@ -297,6 +321,8 @@ impl Metrics {
             quota_rejections.with_label_values(&[limit]);
         }
 
+        let state_file_saves = StateFileSaves::register(&registry)?;
+
         Ok(Self {
             registry,
             routes,
@@ -308,6 +334,7 @@ impl Metrics {
             quota_rejections,
             circuit_breaker_state,
             audit_write_failures,
+            state_file_saves,
         })
     }
 
@@ -353,6 +380,16 @@ impl Metrics {
     /// The counter of lost audit lines, for the audit log to count them in.
     pub fn audit_write_failures(&self) -> IntCounter {
         self.audit_write_failures.clone()
+    }
+
+    /// Counts a write of the state file that succeeded.
+    pub fn state_file_saved(&self) {
+        self.state_file_saves.ok.inc();
+    }
+
+    /// Counts a write of the state file that failed.
+    pub fn state_file_save_failed(&self) {
+        self.state_file_saves.error.inc();
     }
 
     /// Everything in the Prometheus text exposition format.
@@ -483,6 +520,20 @@ mod tests {
             env!("CARGO_PKG_VERSION")
         )));
         assert!(text.contains("mpc_gateway_circuit_breaker_state 0"));
+    }
+
+    #[test]
+    fn state_file_saves_are_exported_at_zero_and_counted_by_result() {
+        let metrics = Metrics::new().unwrap();
+        let text = metrics.render();
+        assert!(text.contains("mpc_gateway_state_file_saves_total{result=\"ok\"} 0"));
+        assert!(text.contains("mpc_gateway_state_file_saves_total{result=\"error\"} 0"));
+        metrics.state_file_saved();
+        metrics.state_file_save_failed();
+        metrics.state_file_save_failed();
+        let text = metrics.render();
+        assert!(text.contains("mpc_gateway_state_file_saves_total{result=\"ok\"} 1"));
+        assert!(text.contains("mpc_gateway_state_file_saves_total{result=\"error\"} 2"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! stop signal and drains.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use actix_web::body::BoxBody;
@@ -10,12 +11,13 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::audit::AuditLog;
 use crate::clock::{Clock, MonotonicClock};
 use crate::config::{Settings, UpstreamSettings};
-use crate::dedup::{Dedup, persist};
+use crate::dedup::Dedup;
+use crate::dedup::persist::{self, Restored, StateFile};
 use crate::gate;
 use crate::identity::Authenticator;
 use crate::listener::{self, ConnectionLimits};
@@ -26,7 +28,7 @@ use crate::routes::admin::AdminState;
 use crate::telemetry::request_context;
 use crate::upstream::breaker::Breaker;
 use crate::upstream::{MpcClient, tls_config};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 
 /// Longest a client may take to send a request head, on every request of a
 /// connection (slow-loris guard; see src/listener.rs).
@@ -135,6 +137,30 @@ pub enum StartupError {
     /// The metrics could not be registered (a programming error).
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The state file cannot be used: unwritable, held by another gateway,
+    /// or unreadable and impossible to keep aside.
+    #[error("cannot use the state file (dedup.state_file): {0}")]
+    StateFile(#[from] persist::OpenError),
+}
+
+/// Why a gateway that started did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A server failed.
+    #[error("server failed: {0}")]
+    Server(#[from] std::io::Error),
+    /// The last write of the state file failed: outcomes since the last good write are lost.
+    #[error(
+        "cannot write the state file {} (dedup.state_file) on stopping: {source}; \
+         outcomes remembered since its last write are lost",
+        path.display()
+    )]
+    StateFile {
+        /// The state file.
+        path: PathBuf,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
 }
 
 /// The service an [`App`] of either listener builds.
@@ -266,7 +292,7 @@ pub struct Application {
     admin: Server,
     readiness: web::Data<Readiness>,
     state: web::Data<AppState>,
-    state_file: Option<std::path::PathBuf>,
+    state_file: Option<StateFile>,
     drain_timeout: Duration,
 }
 
@@ -294,20 +320,10 @@ impl Application {
         let admin_addr = local_addr("admin.listen", &admin_listener)?;
 
         let gateway = Gateway::new(&settings, clock)?;
-        let state_file = settings.dedup.state_file.get().map(ToOwned::to_owned);
-        if let Some(path) = &state_file {
-            match persist::load(path, &gateway.state.dedup) {
-                Ok(count) => tracing::info!(
-                    path = %path.display(),
-                    remembered = count,
-                    "loaded remembered outcomes"
-                ),
-                Err(error) => tracing::warn!(
-                    %error,
-                    "ignoring the state file: starting with nothing remembered"
-                ),
-            }
-        }
+        let state_file = match settings.dedup.state_file.get() {
+            Some(path) => Some(open_state_file(path, gateway.dedup())?),
+            None => None,
+        };
         let public_gateway = gateway.clone();
         let public =
             listener::public_server(public_listener, public_limits(&settings)?, move || {
@@ -364,8 +380,9 @@ impl Application {
         }
     }
 
-    /// Serves until SIGTERM or SIGINT (or a [`Stopper`]), then drains and returns.
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+    /// Serves until SIGTERM or SIGINT (or a [`Stopper`]), then drains, writes
+    /// the state file and returns.
+    pub async fn run_until_stopped(self) -> Result<(), RunError> {
         let stopper = self.stopper();
         tokio::spawn(async move {
             shutdown_signal().await;
@@ -380,19 +397,28 @@ impl Application {
                 tracing::debug!(tracked_users = tracked, "dropped idle users' limiter state");
             }
         });
-        let saver = self.state_file.clone().map(|path| {
+        let (stop_saving, saving_stopped) = oneshot::channel();
+        let saver = self.state_file.map(|state_file| {
+            let path = state_file.path().to_owned();
             let dedup = Arc::clone(&self.state.dedup);
-            tokio::spawn(save_periodically(path, dedup))
+            let metrics = Arc::clone(&self.state.metrics);
+            let job = keep_state_file(state_file, dedup, metrics, saving_stopped);
+            (path, tokio::spawn(job))
         });
         let (public, admin) = tokio::join!(self.public, self.admin);
         housekeeping.abort();
-        if let Some(saver) = saver {
-            saver.abort();
-        }
-        if let Some(path) = self.state_file {
-            save(path, Arc::clone(&self.state.dedup)).await;
-        }
-        public.and(admin)
+        // After the servers: the calls in flight have settled and are written too.
+        let _ = stop_saving.send(());
+        let last_save = match saver {
+            Some((path, saver)) => saver
+                .await
+                .unwrap_or_else(|error| Err(std::io::Error::other(error)))
+                .map_err(|source| RunError::StateFile { path, source }),
+            None => Ok(0),
+        };
+        public.and(admin)?;
+        last_save?;
+        Ok(())
     }
 }
 
@@ -428,26 +454,93 @@ impl Stopper {
     }
 }
 
-async fn save_periodically(path: std::path::PathBuf, dedup: Arc<Dedup>) {
+/// Takes the state file for this gateway and loads what it remembers.
+fn open_state_file(path: &Path, dedup: &Dedup) -> Result<StateFile, StartupError> {
+    let state_file = StateFile::open(path)?;
+    let shown = path.display();
+    match state_file.restore(dedup, SystemTime::now())? {
+        Restored::Loaded(loaded) => {
+            tracing::info!(
+                path = %shown,
+                remembered = loaded.kept,
+                expired = loaded.expired,
+                over_bound = loaded.over_bound,
+                malformed = loaded.malformed,
+                "loaded remembered outcomes"
+            );
+            if let Some((entry, reason)) = &loaded.first_malformed {
+                tracing::warn!(
+                    path = %shown,
+                    malformed = loaded.malformed,
+                    first_entry = entry,
+                    first_reason = %reason,
+                    "skipped malformed entries of the state file"
+                );
+            }
+            if loaded.over_bound > 0 {
+                tracing::warn!(
+                    path = %shown,
+                    kept = loaded.kept,
+                    dropped = loaded.over_bound,
+                    "the state file holds more outcomes than dedup.max_entries: \
+                     kept the most recent, the others may be forwarded again"
+                );
+            }
+        }
+        Restored::SetAside { error, aside } => tracing::warn!(
+            path = %shown,
+            kept_aside_as = %aside.display(),
+            %error,
+            "ignoring the state file: kept it aside, starting with nothing remembered"
+        ),
+    }
+    Ok(state_file)
+}
+
+/// Rewrites the state file every [`SAVE_EVERY`] while something changed
+/// since its last good write, then once more when `stop` fires (or its
+/// sender is gone); returns how that last write went. Owns the file, so
+/// its lock ends when the job does.
+async fn keep_state_file(
+    state_file: StateFile,
+    dedup: Arc<Dedup>,
+    metrics: Arc<Metrics>,
+    mut stop: oneshot::Receiver<()>,
+) -> std::io::Result<usize> {
     let mut ticks = tokio::time::interval(SAVE_EVERY);
     let mut saved = dedup.changes();
     loop {
-        ticks.tick().await;
-        let changes = dedup.changes();
-        if changes != saved {
-            save(path.clone(), Arc::clone(&dedup)).await;
-            saved = changes;
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = ticks.tick() => {
+                let changes = dedup.changes();
+                // A failed write is tried again at the next tick.
+                if changes != saved && save(state_file.path(), &dedup, &metrics).await.is_ok() {
+                    saved = changes;
+                }
+            }
         }
     }
+    save(state_file.path(), &dedup, &metrics).await
 }
 
-async fn save(path: std::path::PathBuf, dedup: Arc<Dedup>) {
-    let shown = path.display().to_string();
-    match tokio::task::spawn_blocking(move || persist::save(&path, &dedup)).await {
-        Ok(Ok(count)) => tracing::debug!(path = %shown, remembered = count, "state file written"),
-        Ok(Err(error)) => tracing::error!(path = %shown, %error, "cannot write the state file"),
-        Err(error) => tracing::error!(path = %shown, %error, "state file writer failed"),
+/// Writes the state file once, off the async threads; logs and counts the result.
+async fn save(path: &Path, dedup: &Arc<Dedup>, metrics: &Metrics) -> std::io::Result<usize> {
+    let (target, dedup) = (path.to_owned(), Arc::clone(dedup));
+    let result = tokio::task::spawn_blocking(move || persist::save(&target, &dedup))
+        .await
+        .unwrap_or_else(|error| Err(std::io::Error::other(error)));
+    match &result {
+        Ok(count) => {
+            metrics.state_file_saved();
+            tracing::debug!(path = %path.display(), remembered = count, "state file written");
+        }
+        Err(error) => {
+            metrics.state_file_save_failed();
+            tracing::error!(path = %path.display(), %error, "cannot write the state file");
+        }
     }
+    result
 }
 
 /// The public listener's limits; raises the open-file limit to fit them.
@@ -519,5 +612,84 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DedupSettings;
+    use crate::dedup::{Outcome, Remembered};
+    use crate::label::Label;
+    use crate::upstream::MpcAnswer;
+
+    fn dedup_with_one_outcome() -> Arc<Dedup> {
+        let dedup = Dedup::new(&DedupSettings {
+            sent_ttl: Duration::from_secs(3600),
+            rejected_ttl: Duration::from_secs(600),
+            uncertain_ttl: Duration::from_secs(120),
+            max_entries: 1000.try_into().unwrap(),
+            state_file: Default::default(),
+        });
+        let sent = Outcome::Sent {
+            upstream: MpcAnswer {
+                status: 200,
+                body: None,
+            },
+        };
+        let now = SystemTime::now();
+        let remembered = Remembered::new(sent, now, now + Duration::from_secs(60), "bob".into());
+        dedup.store(Label::parse("A10cnQO").unwrap(), remembered);
+        dedup
+    }
+
+    fn saves(metrics: &Metrics, result: &str) -> String {
+        let series = format!("mpc_gateway_state_file_saves_total{{result=\"{result}\"}} ");
+        metrics
+            .render()
+            .lines()
+            .find_map(|line| line.strip_prefix(series.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| panic!("no series {series}"))
+    }
+
+    #[tokio::test]
+    async fn each_write_of_the_state_file_is_counted_by_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let directory = dir.path().join("state");
+        std::fs::create_dir(&directory).unwrap();
+        let path = directory.join("state.json");
+        let (dedup, metrics) = (dedup_with_one_outcome(), Metrics::new().unwrap());
+
+        assert_eq!(save(&path, &dedup, &metrics).await.unwrap(), 1);
+        assert_eq!(
+            (saves(&metrics, "ok"), saves(&metrics, "error")),
+            ("1".into(), "0".into())
+        );
+        std::fs::remove_dir_all(&directory).unwrap();
+        save(&path, &dedup, &metrics).await.unwrap_err();
+        assert_eq!(
+            (saves(&metrics, "ok"), saves(&metrics, "error")),
+            ("1".into(), "1".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn the_state_file_job_writes_once_more_when_stopped_then_lets_go_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let state_file = StateFile::open(&path).unwrap();
+        let (dedup, metrics) = (dedup_with_one_outcome(), Arc::new(Metrics::new().unwrap()));
+        let (stop, stopped) = oneshot::channel();
+        let job = tokio::spawn(keep_state_file(
+            state_file,
+            Arc::clone(&dedup),
+            Arc::clone(&metrics),
+            stopped,
+        ));
+
+        stop.send(()).unwrap();
+        assert_eq!(job.await.unwrap().unwrap(), 1, "written on stop");
+        assert_eq!(saves(&metrics, "ok"), "1");
+        StateFile::open(&path).expect("the lock ends with the job");
     }
 }

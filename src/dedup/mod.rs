@@ -223,6 +223,7 @@ pub struct Dedup {
     cache: Cache<Label, Remembered>,
     inflight: DashMap<Label, watch::Receiver<Option<Settled>>>,
     lifetimes: Lifetimes,
+    max_entries: u64,
     changes: AtomicU64,
 }
 
@@ -249,6 +250,7 @@ impl Dedup {
             cache,
             inflight: DashMap::new(),
             lifetimes,
+            max_entries: settings.max_entries.get(),
             changes: AtomicU64::new(0),
         })
     }
@@ -348,6 +350,11 @@ impl Dedup {
     /// Whether nothing is remembered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The most outcomes remembered at once (`dedup.max_entries`).
+    pub fn max_entries(&self) -> u64 {
+        self.max_entries
     }
 
     /// How many MPC calls are in flight.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use mpc_action_gateway::clock::{Clock, MonotonicClock};
 use mpc_action_gateway::config::{KeyDigest, KeyEntry, LogFormat, Settings, TierSettings};
 use mpc_action_gateway::identity::key_digest;
-use mpc_action_gateway::startup::{Application, Stopper};
+use mpc_action_gateway::startup::{Application, RunError, Stopper};
 use mpc_action_gateway::telemetry;
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
@@ -26,7 +26,7 @@ pub struct TestApp {
     pub mpc: MockServer,
     pub client: reqwest::Client,
     stopper: Stopper,
-    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    server: Option<tokio::task::JoinHandle<Result<(), RunError>>>,
 }
 
 impl Drop for TestApp {
