@@ -91,8 +91,8 @@ fn load(config: Option<PathBuf>) -> Result<Settings, String> {
 }
 
 fn serve(config: Option<PathBuf>) -> Result<(), String> {
-    let settings = load(config)?;
-    telemetry::init(&settings.log);
+    let settings = load(config.clone())?;
+    let level = telemetry::init(&settings.log);
     actix_web::rt::System::new().block_on(async move {
         let application = Application::build(settings.clone()).map_err(|e| {
             tracing::error!(error = %e, "cannot start");
@@ -105,7 +105,13 @@ fn serve(config: Option<PathBuf>) -> Result<(), String> {
             upstream = %settings.upstream.retrieve_url(),
             "mpc-action-gateway serving"
         );
+        let reloader = application.reloader(
+            settings,
+            Box::new(move || Settings::load(config.as_deref())),
+            level,
+        );
         application
+            .reload_on_sighup(reloader)
             .run_until_stopped()
             .await
             .map_err(|e| e.to_string())
@@ -113,8 +119,8 @@ fn serve(config: Option<PathBuf>) -> Result<(), String> {
 }
 
 fn demo(config: Option<PathBuf>) -> Result<(), String> {
-    let settings = load(config)?;
-    telemetry::init(&settings.log);
+    let settings = load(config.clone())?;
+    let level = telemetry::init(&settings.log);
     actix_web::rt::System::new().block_on(async move {
         let slow_for = settings.upstream.timeout + Duration::from_secs(1);
         let (mpc_addr, mpc) = demo::simulated_mpc(slow_for)
@@ -122,7 +128,11 @@ fn demo(config: Option<PathBuf>) -> Result<(), String> {
         let mpc_handle = mpc.handle();
         tokio::spawn(mpc);
         let settings = demo::demo_settings(settings, mpc_addr);
-        let application = Application::build(settings).map_err(|e| e.to_string())?;
+        let application = Application::build(settings.clone()).map_err(|e| e.to_string())?;
+        let reload =
+            move || Settings::load(config.as_deref()).map(|new| demo::demo_settings(new, mpc_addr));
+        let reloader = application.reloader(settings, Box::new(reload), level);
+        let application = application.reload_on_sighup(reloader);
         let public = application.public_addr();
         tracing::info!(
             public = %public,

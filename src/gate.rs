@@ -49,7 +49,7 @@ pub async fn admit(
         return Ok(refuse(req, problem));
     }
     let peer = req.peer_addr().map(|addr| addr.ip());
-    let identity = match state.authenticator.identify(req.headers(), peer) {
+    let identity = match state.authenticator.load().identify(req.headers(), peer) {
         Ok(identity) => identity,
         Err(error) => return Ok(refuse(req, Problem::Unauthenticated(error))),
     };

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod problem;
 pub mod quota;
+pub mod reload;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;

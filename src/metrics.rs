@@ -178,28 +178,30 @@ pub struct Metrics {
     quota_rejections: IntCounterVec,
     circuit_breaker_state: IntGauge,
     audit_write_failures: IntCounter,
-    state_file_saves: StateFileSaves,
+    state_file_saves: ByResult,
+    config_reloads: ByResult,
 }
 
-/// `state_file_saves_total`, one series per result.
-struct StateFileSaves {
-    ok: IntCounter,
-    error: IntCounter,
+/// A counter of something that either worked or not, both series at 0 from
+/// the start.
+struct ByResult {
+    worked: IntCounter,
+    failed: IntCounter,
 }
 
-impl StateFileSaves {
-    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let saves = IntCounterVec::new(
-            Opts::new(
-                "mpc_gateway_state_file_saves_total",
-                "Writes of the state file (dedup.state_file), by result.",
-            ),
-            &["result"],
-        )?;
-        registry.register(Box::new(saves.clone()))?;
+impl ByResult {
+    /// Registers `name` with the `result` label values `[worked, failed]`.
+    fn register(
+        registry: &Registry,
+        name: &str,
+        help: &str,
+        [worked, failed]: [&str; 2],
+    ) -> Result<Self, prometheus::Error> {
+        let counter = IntCounterVec::new(Opts::new(name, help), &["result"])?;
+        registry.register(Box::new(counter.clone()))?;
         Ok(Self {
-            ok: saves.with_label_values(&["ok"]),
-            error: saves.with_label_values(&["error"]),
+            worked: counter.with_label_values(&[worked]),
+            failed: counter.with_label_values(&[failed]),
         })
     }
 }
@@ -321,7 +323,18 @@ impl Metrics {
             quota_rejections.with_label_values(&[limit]);
         }
 
-        let state_file_saves = StateFileSaves::register(&registry)?;
+        let state_file_saves = ByResult::register(
+            &registry,
+            "mpc_gateway_state_file_saves_total",
+            "Writes of the state file (dedup.state_file), by result.",
+            ["ok", "error"],
+        )?;
+        let config_reloads = ByResult::register(
+            &registry,
+            "mpc_gateway_config_reloads_total",
+            "Configuration reloads on SIGHUP, by result.",
+            ["applied", "rejected"],
+        )?;
 
         Ok(Self {
             registry,
@@ -335,6 +348,7 @@ impl Metrics {
             circuit_breaker_state,
             audit_write_failures,
             state_file_saves,
+            config_reloads,
         })
     }
 
@@ -384,12 +398,21 @@ impl Metrics {
 
     /// Counts a write of the state file that succeeded.
     pub fn state_file_saved(&self) {
-        self.state_file_saves.ok.inc();
+        self.state_file_saves.worked.inc();
     }
 
     /// Counts a write of the state file that failed.
     pub fn state_file_save_failed(&self) {
-        self.state_file_saves.error.inc();
+        self.state_file_saves.failed.inc();
+    }
+
+    /// Counts a reload of the configuration: applied, or refused as invalid.
+    pub fn config_reloaded(&self, applied: bool) {
+        if applied {
+            self.config_reloads.worked.inc();
+        } else {
+            self.config_reloads.failed.inc();
+        }
     }
 
     /// Everything in the Prometheus text exposition format.

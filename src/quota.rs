@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header::HeaderValue;
+use arc_swap::ArcSwap;
 use dashmap::DashMap;
 
 use crate::clock::{Clock, nanos};
@@ -235,7 +236,7 @@ pub struct Quotas {
     requests: Arc<dyn RateStore>,
     upstream: Arc<dyn RateStore>,
     budget: Arc<dyn RateStore>,
-    budget_limit: Limit,
+    budget_limit: ArcSwap<Limit>,
 }
 
 /// Key of the single gateway-wide budget.
@@ -249,7 +250,7 @@ impl Quotas {
             requests: Arc::new(MemoryStore::default()),
             upstream: Arc::new(MemoryStore::default()),
             budget: Arc::new(MemoryStore::default()),
-            budget_limit: Limit::per_minute(max_per_minute),
+            budget_limit: ArcSwap::from_pointee(Limit::per_minute(max_per_minute)),
         }
     }
 
@@ -281,11 +282,17 @@ impl Quotas {
             .step(user, &tier.upstream, self.clock.now(), Cost::Peek)
     }
 
+    /// Sets the courtesy budget (on a reload); what was spent stays spent.
+    pub fn set_budget(&self, max_per_minute: NonZeroU32) {
+        self.budget_limit
+            .store(Arc::new(Limit::per_minute(max_per_minute)));
+    }
+
     /// Charges the gateway-wide budget; `Err` holds how long until it refills.
     pub fn admit_budget(&self) -> Result<(), Duration> {
         let decision = self.budget.step(
             BUDGET_KEY,
-            &self.budget_limit,
+            &self.budget_limit.load(),
             self.clock.now(),
             Cost::Charge,
         );

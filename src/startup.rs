@@ -9,6 +9,7 @@ use actix_web::body::BoxBody;
 use actix_web::dev::{Server, ServerHandle, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
+use arc_swap::ArcSwap;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -23,9 +24,10 @@ use crate::identity::Authenticator;
 use crate::listener::{self, ConnectionLimits};
 use crate::metrics::Metrics;
 use crate::quota::Quotas;
+use crate::reload::{Loader, Reloader};
 use crate::routes;
 use crate::routes::admin::AdminState;
-use crate::telemetry::request_context;
+use crate::telemetry::{LevelHandle, request_context};
 use crate::upstream::breaker::Breaker;
 use crate::upstream::{MpcClient, tls_config};
 use tokio::sync::{Semaphore, oneshot};
@@ -47,8 +49,8 @@ const SAVE_EVERY: Duration = Duration::from_secs(30);
 pub struct AppState {
     /// Cap on request bodies, from `server.max_body_bytes`.
     pub max_body_bytes: usize,
-    /// Resolves callers to users and tiers.
-    pub authenticator: Authenticator,
+    /// Resolves callers to users and tiers; replaced whole on a reload.
+    pub authenticator: ArcSwap<Authenticator>,
     /// Per-user limits and the courtesy budget.
     pub quotas: Quotas,
     /// Remembered outcomes and calls in flight.
@@ -222,7 +224,10 @@ impl Gateway {
         };
         let state = AppState {
             max_body_bytes: settings.server.max_body_bytes.get(),
-            authenticator: Authenticator::new(&settings.auth, &settings.quota),
+            authenticator: ArcSwap::from_pointee(Authenticator::new(
+                &settings.auth,
+                &settings.quota,
+            )),
             quotas: Quotas::new(clock.clone(), settings.upstream.max_per_minute),
             dedup,
             metrics: Arc::clone(&metrics),
@@ -294,6 +299,7 @@ pub struct Application {
     state: web::Data<AppState>,
     state_file: Option<StateFile>,
     drain_timeout: Duration,
+    reloader: Option<Arc<Reloader>>,
 }
 
 impl Application {
@@ -356,7 +362,25 @@ impl Application {
             state: gateway.state,
             state_file,
             drain_timeout: settings.upstream.timeout + Duration::from_secs(2),
+            reloader: None,
         })
+    }
+
+    /// A reloader for this gateway, running on `settings`: `load` reads the
+    /// configuration again, `level` changes the log level.
+    pub fn reloader(
+        &self,
+        settings: Settings,
+        load: Loader,
+        level: Option<LevelHandle>,
+    ) -> Arc<Reloader> {
+        Arc::new(Reloader::new(load, level, settings, self.state.clone()))
+    }
+
+    /// Reloads the configuration with `reloader` on each SIGHUP while serving.
+    pub fn reload_on_sighup(mut self, reloader: Arc<Reloader>) -> Self {
+        self.reloader = Some(reloader);
+        self
     }
 
     /// Where the public API listens.
@@ -388,6 +412,9 @@ impl Application {
             shutdown_signal().await;
             stopper.stop().await;
         });
+        let reloading = self
+            .reloader
+            .map(|reloader| tokio::spawn(reload_on_hangup(reloader)));
         let state = self.state.clone();
         let housekeeping = tokio::spawn(async move {
             let mut ticks = tokio::time::interval(QUOTA_HOUSEKEEPING);
@@ -407,6 +434,9 @@ impl Application {
         });
         let (public, admin) = tokio::join!(self.public, self.admin);
         housekeeping.abort();
+        if let Some(reloading) = reloading {
+            reloading.abort();
+        }
         // After the servers: the calls in flight have settled and are written too.
         let _ = stop_saving.send(());
         let last_save = match saver {
@@ -419,6 +449,24 @@ impl Application {
         public.and(admin)?;
         last_save?;
         Ok(())
+    }
+}
+
+/// Reloads the configuration on each SIGHUP, until the gateway stops.
+async fn reload_on_hangup(reloader: Arc<Reloader>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGHUP; the configuration is not reloaded");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the configuration");
+        let reloader = Arc::clone(&reloader);
+        // Reading the file is blocking I/O; a refusal is logged and counted.
+        let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
     }
 }
 

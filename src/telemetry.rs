@@ -19,7 +19,7 @@ use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
 use crate::audit::{AuditEntry, AuditLog};
 use crate::clock::{Clock, MonotonicClock, nanos};
-use crate::config::{LogFormat, LogSettings};
+use crate::config::{LogFormat, LogLevel, LogSettings};
 use crate::identity::Identity;
 use crate::label::{Label, LabelKind};
 use crate::listener::ConnectionWatch;
@@ -40,27 +40,54 @@ pub fn subscriber<W>(
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
+    reloadable_subscriber(settings, writer, ansi).0
+}
+
+/// Changes the level of a running subscriber (on a configuration reload).
+pub type LevelHandle = Box<dyn Fn(&LogLevel) -> Result<(), String> + Send + Sync>;
+
+/// Like [`subscriber`], with a handle that changes its level later.
+pub fn reloadable_subscriber<W>(
+    settings: &LogSettings,
+    writer: W,
+    ansi: bool,
+) -> (Box<dyn Subscriber + Send + Sync>, LevelHandle)
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
     let filter = EnvFilter::builder().parse_lossy(settings.level.as_str());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
         .with_writer(writer);
+    // One shape of handle for both formats, whose builder types differ.
+    macro_rules! with_level_handle {
+        ($builder:expr) => {{
+            let builder = $builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            let level: LevelHandle = Box::new(move |level: &LogLevel| {
+                handle
+                    .reload(EnvFilter::builder().parse_lossy(level.as_str()))
+                    .map_err(|error| error.to_string())
+            });
+            (builder.finish().with(ClientErrors::new()), level)
+        }};
+    }
     match settings.format {
-        LogFormat::Json => Box::new(
-            builder
-                .json()
-                .flatten_event(true)
-                .with_current_span(true)
-                .with_span_list(false)
-                .finish()
-                .with(ClientErrors::new()),
-        ),
-        LogFormat::Pretty => Box::new(
-            builder
-                .with_target(false)
-                .finish()
-                .with(ClientErrors::new()),
-        ),
+        LogFormat::Json => {
+            let (subscriber, level) = with_level_handle!(
+                builder
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false)
+            );
+            (Box::new(subscriber), level)
+        }
+        LogFormat::Pretty => {
+            let (subscriber, level) = with_level_handle!(builder.with_target(false));
+            (Box::new(subscriber), level)
+        }
     }
 }
 
@@ -169,11 +196,15 @@ impl LineLimit {
     }
 }
 
-/// Installs the process-wide subscriber writing to stdout.
-pub fn init(settings: &LogSettings) {
-    // A second init (tests, embedding) keeps the first subscriber.
+/// Installs the process-wide subscriber writing to stdout; returns the
+/// handle to its level, or `None` when a subscriber was already installed
+/// (tests, embedding), which is then kept.
+pub fn init(settings: &LogSettings) -> Option<LevelHandle> {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let _ = tracing::subscriber::set_global_default(subscriber(settings, std::io::stdout, ansi));
+    let (subscriber, level) = reloadable_subscriber(settings, std::io::stdout, ansi);
+    tracing::subscriber::set_global_default(subscriber)
+        .ok()
+        .map(|()| level)
 }
 
 /// The id that ties a response to its log lines, kept as the header value
@@ -376,6 +407,43 @@ mod tests {
         clock.advance(Duration::from_secs(1));
         assert_eq!(limit.admit(), Some(2), "two held back");
         assert_eq!(limit.admit(), None);
+    }
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_level_handle_changes_what_a_running_subscriber_writes() {
+        for format in [LogFormat::Json, LogFormat::Pretty] {
+            let settings = LogSettings {
+                format,
+                level: "info".to_owned().try_into().unwrap(),
+                audit_file: Default::default(),
+            };
+            let lines = Lines::default();
+            let writer = lines.clone();
+            let (subscriber, level) =
+                reloadable_subscriber(&settings, move || writer.clone(), false);
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::debug!("before the reload");
+                level(&"debug".to_owned().try_into().unwrap()).unwrap();
+                tracing::debug!("after the reload");
+            });
+            let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+            assert!(!text.contains("before the reload"), "{format:?}: {text}");
+            assert!(text.contains("after the reload"), "{format:?}: {text}");
+        }
     }
 
     #[test]

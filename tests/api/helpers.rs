@@ -8,8 +8,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use mpc_action_gateway::clock::{Clock, MonotonicClock};
-use mpc_action_gateway::config::{KeyDigest, KeyEntry, LogFormat, Settings, TierSettings};
+use mpc_action_gateway::config::{
+    ConfigError, KeyDigest, KeyEntry, LogFormat, Settings, TierSettings,
+};
 use mpc_action_gateway::identity::key_digest;
+use mpc_action_gateway::reload::Reloader;
 use mpc_action_gateway::startup::{Application, RunError, Stopper};
 use mpc_action_gateway::telemetry;
 use serde_json::{Value, json};
@@ -228,16 +231,47 @@ pub async fn spawn_app_with_clock(
     customise: impl FnOnce(&mut Settings),
     clock: Arc<dyn Clock>,
 ) -> TestApp {
+    spawn(customise, clock, None).await.0
+}
+
+/// Like [`spawn_app_with`], with a reloader whose `reload` stands for the
+/// configuration read again: it adjusts a copy of the settings the gateway
+/// started with, or refuses with its error.
+pub async fn spawn_app_reloadable(
+    customise: impl FnOnce(&mut Settings),
+    clock: Arc<dyn Clock>,
+    reload: impl Fn(&mut Settings) -> Result<(), ConfigError> + Send + Sync + 'static,
+) -> (TestApp, Arc<Reloader>) {
+    let (app, reloader) = spawn(customise, clock, Some(Box::new(reload))).await;
+    (app, reloader.expect("a reloader was asked for"))
+}
+
+type Reload = Box<dyn Fn(&mut Settings) -> Result<(), ConfigError> + Send + Sync>;
+
+async fn spawn(
+    customise: impl FnOnce(&mut Settings),
+    clock: Arc<dyn Clock>,
+    reload: Option<Reload>,
+) -> (TestApp, Option<Arc<Reloader>>) {
     init_test_logging();
     let mpc = MockServer::start().await;
     let mut settings = test_settings(&mpc.uri());
     customise(&mut settings);
-    let application = Application::build_with_clock(settings, clock).expect("gateway starts");
+    let application =
+        Application::build_with_clock(settings.clone(), clock).expect("gateway starts");
     let address = format!("http://{}", application.public_addr());
     let admin_address = format!("http://{}", application.admin_addr());
     let stopper = application.stopper();
+    let reloader = reload.map(|reload| {
+        let started = settings.clone();
+        let load = move || {
+            let mut new = started.clone();
+            reload(&mut new).map(|()| new)
+        };
+        application.reloader(settings, Box::new(load), None)
+    });
     let server = tokio::spawn(application.run_until_stopped());
-    TestApp {
+    let app = TestApp {
         address,
         admin_address,
         mpc,
@@ -247,7 +281,8 @@ pub async fn spawn_app_with_clock(
             .unwrap(),
         stopper,
         server: Some(server),
-    }
+    };
+    (app, reloader)
 }
 
 /// The MPC answering `status` with `body` to every retrieve call, expecting `calls` of them.

@@ -12,6 +12,7 @@ mod logging;
 mod mpc_replies;
 mod observability;
 mod quota;
+mod reload;
 mod resilience;
 mod retrieve;
 mod robustness;
