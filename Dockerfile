@@ -24,6 +24,8 @@ COPY config/default.toml /etc/mpc-action-gateway/default.toml
 USER 10001:10001
 WORKDIR /var/lib/mpc-action-gateway
 # Listen on every interface inside the container; publish the ports as needed.
+# On 8081, /healthz, /readyz and /metrics need no token; the /admin/ routes
+# answer 403 until MPC_GATEWAY__ADMIN__TOKEN_SHA256 (from `hash-key`) is set.
 ENV MPC_GATEWAY__SERVER__LISTEN=0.0.0.0:8080 \
     MPC_GATEWAY__ADMIN__LISTEN=0.0.0.0:8081 \
     MPC_GATEWAY__AUTH__ALLOW_ANONYMOUS=false \

@@ -92,6 +92,9 @@ pub enum Problem {
     /// The admin token is missing or wrong.
     #[error("admin token missing or wrong")]
     AdminUnauthorized,
+    /// The admin listener faces the network and no admin token is set.
+    #[error("admin routes closed: no admin token on a non-loopback listener")]
+    AdminClosed,
     /// No such route.
     #[error("not found: {0}")]
     NotFound(String),
@@ -129,6 +132,7 @@ impl Problem {
             } => "urn:mpc-gateway:upstream-timeout",
             Self::NotFound(_) | Self::NotRemembered(_) => "urn:mpc-gateway:not-found",
             Self::AdminUnauthorized => "urn:mpc-gateway:unauthenticated",
+            Self::AdminClosed => "urn:mpc-gateway:forbidden",
             Self::MethodNotAllowed { .. } => "urn:mpc-gateway:method-not-allowed",
         }
     }
@@ -157,6 +161,7 @@ impl Problem {
             } => "The connection to the MPC failed",
             Self::NotFound(_) | Self::NotRemembered(_) => "Not found",
             Self::AdminUnauthorized => "Unauthenticated",
+            Self::AdminClosed => "Forbidden",
             Self::MethodNotAllowed { .. } => "Method not allowed",
         }
     }
@@ -226,6 +231,12 @@ impl Problem {
             Self::AdminUnauthorized => {
                 "The admin API requires 'Authorization: Bearer <admin token>'.".to_owned()
             }
+            Self::AdminClosed => "The admin API is closed: admin.listen is not a loopback \
+                address and no admin token is set. To open it, set admin.token_sha256 \
+                (MPC_GATEWAY__ADMIN__TOKEN_SHA256) to the SHA-256 of a token (see \
+                'mpc-action-gateway hash-key') and send 'Authorization: Bearer <admin token>', \
+                or listen on a loopback address."
+                .to_owned(),
             Self::NotFound(path) => format!("There is no resource at {path}."),
             Self::MethodNotAllowed { allow } => {
                 format!("This resource accepts only {allow}.")
@@ -258,7 +269,8 @@ impl Problem {
             Self::NotFound(_)
             | Self::MethodNotAllowed { .. }
             | Self::NotRemembered(_)
-            | Self::AdminUnauthorized => return None,
+            | Self::AdminUnauthorized
+            | Self::AdminClosed => return None,
         })
     }
 
@@ -381,6 +393,7 @@ impl ResponseError for Problem {
             } => StatusCode::GATEWAY_TIMEOUT,
             Self::NotFound(_) | Self::NotRemembered(_) => StatusCode::NOT_FOUND,
             Self::AdminUnauthorized => StatusCode::UNAUTHORIZED,
+            Self::AdminClosed => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -477,6 +490,7 @@ mod tests {
             Problem::BodyTimeout,
             Problem::HeadersTooLarge { limit: 16384 },
             Problem::AdminUnauthorized,
+            Problem::AdminClosed,
             Problem::NotFound("/x".into()),
             Problem::MethodNotAllowed { allow: "POST" },
         ];

@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::quota::Quotas;
 use crate::reload::{Loader, Reloader};
 use crate::routes;
-use crate::routes::admin::AdminState;
+use crate::routes::admin::{AdminAccess, AdminState};
 use crate::telemetry::{LevelHandle, request_context};
 use crate::upstream::breaker::Breaker;
 use crate::upstream::{MpcClient, tls_config};
@@ -218,9 +218,18 @@ impl Gateway {
             source,
         })?;
         let dedup = Dedup::new(&settings.dedup);
+        let access = AdminAccess::from_settings(&settings.admin);
+        if access == AdminAccess::Closed {
+            tracing::warn!(
+                listen = %settings.admin.listen,
+                "admin.listen is not a loopback address and admin.token_sha256 is not set: \
+                 the /admin/ routes answer 403 to everyone (/metrics, /healthz and /readyz \
+                 stay open); set admin.token_sha256 to use them"
+            );
+        }
         let admin = AdminState {
             dedup: Arc::clone(&dedup),
-            token: settings.admin.token_sha256.get().copied(),
+            access,
         };
         let state = AppState {
             max_body_bytes: settings.server.max_body_bytes.get(),

@@ -91,7 +91,7 @@ pub fn admin(cfg: &mut web::ServiceConfig) {
     )
     .service(
         web::scope("/admin")
-            .wrap(from_fn(admin::require_token))
+            .wrap(from_fn(admin::check_access))
             .service(
                 resource("/labels/{label}", ADMIN_LABEL_ROUTE)
                     .route(web::get().to(admin::show))

@@ -1,5 +1,6 @@
 //! HTTP-level tests: the real server on port 0 in front of a wiremock MPC.
 
+mod admin_access;
 mod cli;
 mod dedup;
 mod demo;
