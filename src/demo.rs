@@ -2,7 +2,10 @@
 //! simulated MPC that never sends an email. It knows the example labels of
 //! the MPC's documentation, refuses others, and fails on request:
 //! a label starting with `FAIL` gets a 503, one starting with `SLOW` an
-//! answer that arrives after the gateway's timeout.
+//! answer that arrives after the gateway's timeout. Anonymous callers are
+//! served, the state file is ignored, a `default` tier left at its shipped
+//! limits gets room for the README's walkthrough, and audit lines say
+//! `"simulated": true`.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -102,8 +105,8 @@ pub fn slow_answer_after(settings: &Settings) -> Duration {
 pub struct Demo {
     /// The settings as configured, pointed at the simulated MPC.
     pub settings: Settings,
-    /// The `default` tier was left at its shipped limits and is raised to the demo's.
-    raised_default_tier: bool,
+    /// The shipped limits of the `default` tier, when the demo raised them.
+    raised_from: Option<TierSettings>,
     /// The configured `dedup.state_file`, which the demo neither reads nor writes.
     ignored_state_file: Option<PathBuf>,
     /// When the simulated MPC answers a `SLOW` label.
@@ -123,18 +126,19 @@ impl Demo {
         settings.auth.allow_anonymous = true;
         let ignored_state_file = settings.dedup.state_file.get().map(ToOwned::to_owned);
         settings.dedup.state_file = OptionalPath::default();
-        // The shipped 3-call burst would refuse the walkthrough's fourth label.
-        let raised_default_tier = match settings.quota.tiers.get_mut(DEFAULT_TIER) {
+        // The shipped 3-call burst would refuse the walkthrough's fourth forwarded label.
+        let raised_from = match settings.quota.tiers.get_mut(DEFAULT_TIER) {
             Some(tier) if is_shipped_default(tier) => {
+                let shipped = *tier;
                 tier.upstream_per_hour = DEMO_UPSTREAM_PER_HOUR;
                 tier.upstream_burst = DEMO_UPSTREAM_BURST;
-                true
+                Some(shipped)
             }
-            _ => false,
+            _ => None,
         };
         Self {
             settings,
-            raised_default_tier,
+            raised_from,
             ignored_state_file,
             slow_for,
         }
@@ -184,12 +188,11 @@ impl Demo {
                 "  tier {name:?}: {} requests/minute, {} MPC calls/hour, {} at once",
                 tier.requests_per_minute, tier.upstream_per_hour, tier.upstream_burst
             );
-            if name == DEFAULT_TIER && self.raised_default_tier {
+            if let Some(shipped) = self.raised_from.filter(|_| name == DEFAULT_TIER) {
                 let _ = write!(
                     description,
                     " (raised for the demo from the shipped {} per hour, {} at once, so the README's walkthrough runs to the end; configure [quota.tiers.default] to use your own)",
-                    shipped_default_tier().upstream_per_hour,
-                    shipped_default_tier().upstream_burst,
+                    shipped.upstream_per_hour, shipped.upstream_burst,
                 );
             } else {
                 description.push_str(" (as configured)");
