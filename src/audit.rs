@@ -39,6 +39,9 @@ pub struct AuditEntry<'a> {
     pub upstream_status: Option<u16>,
     /// Whether this request may have made the MPC send an email.
     pub email_may_have_been_triggered: bool,
+    /// The MPC was `demo`'s simulation, so no email was sent; only written when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub simulated: bool,
 }
 
 impl AuditEntry<'_> {
@@ -55,6 +58,8 @@ pub struct AuditLog {
     failures: IntCounter,
     /// For spacing the ERRORs about lost lines.
     clock: Arc<dyn Clock>,
+    /// The MPC is `demo`'s simulation: every line says so.
+    simulated: bool,
 }
 
 impl AuditLog {
@@ -77,7 +82,18 @@ impl AuditLog {
             trail,
             failures,
             clock,
+            simulated: false,
         })
+    }
+
+    /// The same log, recording decisions made in front of `demo`'s simulated MPC.
+    pub fn simulated(self, simulated: bool) -> Self {
+        Self { simulated, ..self }
+    }
+
+    /// Whether the decisions it records were made in front of a simulated MPC.
+    pub fn is_simulated(&self) -> bool {
+        self.simulated
     }
 
     /// Whether lines are written anywhere.
@@ -273,6 +289,7 @@ mod tests {
             outcome: "sent",
             upstream_status: Some(200),
             email_may_have_been_triggered: true,
+            simulated: false,
         }
     }
 
@@ -308,6 +325,7 @@ mod tests {
                 trail: Some(Mutex::new(Trail::new(Box::new(self.clone()), false))),
                 failures: failures.clone(),
                 clock,
+                simulated: false,
             }
         }
     }
@@ -368,6 +386,7 @@ mod tests {
                 outcome,
                 upstream_status: Some(200),
                 email_may_have_been_triggered: outcome == "sent",
+                simulated: false,
             });
         }
         let text = std::fs::read_to_string(&path).unwrap();
@@ -395,6 +414,7 @@ mod tests {
             outcome: "unauthenticated",
             upstream_status: None,
             email_may_have_been_triggered: false,
+            simulated: false,
         });
         assert_eq!(failures.get(), 0, "no trail is not a failing one");
     }
@@ -544,5 +564,16 @@ mod tests {
         assert_eq!(warnings.len(), 1, "{text}");
         assert_eq!(warnings[0]["unreported"], 1);
         assert_eq!(failures.get(), 7);
+    }
+
+    #[test]
+    fn only_lines_written_in_demo_mode_say_simulated() {
+        let real = serde_json::to_value(entry("r1")).unwrap();
+        assert!(real.get("simulated").is_none(), "{real}");
+        let demo = AuditEntry {
+            simulated: true,
+            ..entry("r2")
+        };
+        assert_eq!(serde_json::to_value(demo).unwrap()["simulated"], true);
     }
 }

@@ -122,24 +122,24 @@ fn demo(config: Option<PathBuf>) -> Result<(), String> {
     let settings = load(config.clone())?;
     let level = telemetry::init(&settings.log);
     actix_web::rt::System::new().block_on(async move {
-        let slow_for = settings.upstream.timeout + Duration::from_secs(1);
-        let (mpc_addr, mpc) = demo::simulated_mpc(slow_for)
+        let (mpc_addr, mpc) = demo::simulated_mpc(demo::slow_answer_after(&settings))
             .map_err(|e| format!("cannot start the simulated MPC: {e}"))?;
         let mpc_handle = mpc.handle();
         tokio::spawn(mpc);
-        let settings = demo::demo_settings(settings, mpc_addr);
-        let application = Application::build(settings.clone()).map_err(|e| e.to_string())?;
-        let reload =
-            move || Settings::load(config.as_deref()).map(|new| demo::demo_settings(new, mpc_addr));
-        let reloader = application.reloader(settings, Box::new(reload), level);
+        let demo = demo::Demo::new(settings, mpc_addr);
+        let application = Application::build(demo.settings.clone()).map_err(|e| e.to_string())?;
+        let (public, admin) = (application.public_addr(), application.admin_addr());
+        print!("{}", demo.banner(connectable(public), connectable(admin)));
+        // A reload is read the way the demo was: pointed at the simulated MPC.
+        let reload = move || {
+            Settings::load(config.as_deref()).map(|new| demo::Demo::new(new, mpc_addr).settings)
+        };
+        let reloader = application.reloader(demo.settings, Box::new(reload), level);
         let application = application.reload_on_sighup(reloader);
-        let public = application.public_addr();
         tracing::info!(
             public = %public,
-            admin = %application.admin_addr(),
-            known_labels = ?demo::KNOWN_LABELS,
-            "demo: serving in front of a simulated MPC; no email is ever sent. \
-             Labels starting with FAIL make it fail, with SLOW make it time out."
+            admin = %admin,
+            "demo: serving in front of a simulated MPC; no email is ever sent"
         );
         let result = application.run_until_stopped().await;
         mpc_handle.stop(true).await;

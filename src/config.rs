@@ -169,6 +169,9 @@ pub struct UpstreamSettings {
     pub breaker_open_for: Duration,
     /// Gateway-wide MPC calls per minute (GCRA, burst of the same size).
     pub max_per_minute: NonZeroU32,
+    /// Set only by `demo`: `base_url` is the built-in simulated MPC (no config key).
+    #[serde(skip)]
+    pub simulated: bool,
 }
 
 impl UpstreamSettings {

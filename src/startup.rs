@@ -216,7 +216,8 @@ impl Gateway {
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
             source,
-        })?;
+        })?
+        .simulated(settings.upstream.simulated);
         let dedup = Dedup::new(&settings.dedup);
         let access = AdminAccess::from_settings(&settings.admin);
         if access == AdminAccess::Closed {
@@ -322,7 +323,11 @@ impl Application {
         settings: Settings,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StartupError> {
-        if settings.auth.allow_anonymous && !settings.listens_on_loopback() {
+        // The demo's simulated MPC sends no email: its start-up banner says who may ask.
+        if settings.auth.allow_anonymous
+            && !settings.listens_on_loopback()
+            && !settings.upstream.simulated
+        {
             tracing::warn!(
                 listen = %settings.server.listen,
                 "anonymous access is allowed on a non-loopback address: anyone who can \

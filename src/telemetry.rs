@@ -366,6 +366,7 @@ fn observe(
             outcome: decision.outcome.as_str(),
             upstream_status: decision.upstream_status,
             email_may_have_been_triggered: decision.may_have_emailed,
+            simulated: audit.is_simulated(),
         });
     }
     Some(decision.outcome.as_str())

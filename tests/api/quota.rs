@@ -1,8 +1,10 @@
 //! Per-user limits and the gateway-wide courtesy budget.
 
 use serde_json::json;
+use wiremock::matchers::{body_partial_json, method, path};
+use wiremock::{Mock, ResponseTemplate};
 
-use crate::helpers::{add_key, add_tier, assert_problem, mpc_answers, spawn_app_with};
+use crate::helpers::{MPC_PATH, add_key, add_tier, assert_problem, mpc_answers, spawn_app_with};
 
 const ALICE: &str = "mpcgw_alice_key";
 const BOB: &str = "mpcgw_bob_key";
@@ -68,6 +70,52 @@ async fn refused_labels_cost_no_upstream_quota() {
     let response = app.retrieve_with("A10cnQO", &alice).await;
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(response.headers()["ratelimit"], "\"upstream\";r=0;t=360");
+}
+
+/// The MPC answering `status` to `label`, exactly `calls` times.
+async fn mpc_answers_label(app: &crate::helpers::TestApp, label: &str, status: u16, calls: u64) {
+    Mock::given(method("POST"))
+        .and(path(MPC_PATH))
+        .and(body_partial_json(json!({ "label": label })))
+        .respond_with(ResponseTemplate::new(status).set_body_json(json!({})))
+        .expect(calls)
+        .mount(&app.mpc)
+        .await;
+}
+
+/// What is left of the upstream quota, from the `RateLimit` field.
+fn upstream_left(response: &reqwest::Response) -> String {
+    let field = response.headers()["ratelimit"].to_str().unwrap();
+    field.split(';').nth(1).unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn mpc_refusals_and_failures_cost_one_upstream_unit_each() {
+    let app = spawn_app_with(|settings| {
+        settings.auth.allow_anonymous = false;
+        add_tier(settings, "tiny", 100, 10, 3);
+        add_key(settings, "alice", ALICE, "tiny");
+    })
+    .await;
+    mpc_answers_label(&app, "Z99zzZ9", 404, 1).await;
+    mpc_answers_label(&app, "FAIL001", 503, 1).await;
+    mpc_answers_label(&app, "A10cnQO", 200, 1).await;
+    let alice = [("x-api-key", ALICE)];
+    let steps = [
+        ("Z99zzZ9", 404, "r=2", "an MPC 4xx costs one unit"),
+        ("Z99zzZ9", 404, "r=2", "its remembered refusal costs none"),
+        ("FAIL001", 502, "r=1", "an MPC 5xx costs one unit"),
+        ("bad label", 422, "r=1", "a local 422 costs none"),
+        ("A10cnQO", 200, "r=0", "an accepted label costs one unit"),
+    ];
+    for (label, status, left, why) in steps {
+        let response = app.retrieve_with(label, &alice).await;
+        assert_eq!(response.status().as_u16(), status, "{why}");
+        assert_eq!(upstream_left(&response), left, "{why}");
+    }
+    let response = app.retrieve_with("A10cnQP", &alice).await;
+    let body = assert_problem(response, 429, "urn:mpc-gateway:quota-exceeded").await;
+    assert_eq!(body["limit"], "upstream_per_hour");
 }
 
 #[tokio::test]
