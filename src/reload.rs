@@ -106,9 +106,10 @@ fn restart_needed(running: &Settings, new: &Settings) -> Vec<String> {
     let mut changed = Vec::new();
     let as_value = |settings: &Settings| serde_json::to_value(settings).unwrap_or(Value::Null);
     changed_keys("", &as_value(running), &as_value(new), &mut changed);
-    // Shown redacted, so compared apart.
-    if running.admin.token_sha256 != new.admin.token_sha256 {
-        changed.push("admin.token_sha256".to_owned());
+    // Shown redacted, so one digest for another is compared apart.
+    let token = "admin.token_sha256";
+    if running.admin.token_sha256 != new.admin.token_sha256 && !changed.iter().any(|k| k == token) {
+        changed.push(token.to_owned());
     }
     changed.retain(|key| {
         !RELOADABLE
@@ -174,13 +175,16 @@ mod tests {
         new.upstream.timeout = std::time::Duration::from_secs(20);
         new.admin.token_sha256 = "0".repeat(64).try_into().unwrap();
         new.auth.allow_anonymous = false;
+        let mut other_digest = new.clone();
+        other_digest.admin.token_sha256 = "1".repeat(64).try_into().unwrap();
+        assert_eq!(restart_needed(&new, &other_digest), ["admin.token_sha256"]);
         assert_eq!(
             restart_needed(&running, &new),
             [
+                "admin.token_sha256",
                 "server.listen",
                 "server.workers",
                 "upstream.timeout",
-                "admin.token_sha256"
             ]
         );
     }
