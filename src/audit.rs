@@ -540,6 +540,9 @@ mod tests {
         let failures = counter();
         let log = disk.log(&failures, clock.clone());
         tracing::subscriber::with_default(subscriber, || {
+            // Other tests hit the same callsites with no subscriber, which
+            // can leave them cached as never interested: ask again.
+            tracing::callsite::rebuild_interest_cache();
             for n in 0..5 {
                 log.record(&entry(&format!("r{n}")));
             }
