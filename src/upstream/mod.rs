@@ -33,6 +33,14 @@ const CONNECT_ATTEMPTS: u32 = 3;
 /// First pause before reconnecting; doubled each time, plus jitter.
 const CONNECT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// Upper bound (exclusive) of the jitter added to each pause, in milliseconds.
+const JITTER_MS: u64 = 50;
+
+/// The pause after failed attempt `attempt` (from 1), with `jitter_ms` added.
+fn backoff(attempt: u32, jitter_ms: u64) -> Duration {
+    CONNECT_BACKOFF * 2_u32.pow(attempt - 1) + Duration::from_millis(jitter_ms)
+}
+
 /// The MPC's status and JSON body, as shown to callers.
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MpcAnswer {
@@ -173,8 +181,7 @@ impl MpcClient {
             let call = self.metrics.upstream_call();
             let result = self.attempt(label, deadline).await;
             call.finish(&result);
-            let pause = CONNECT_BACKOFF * 2_u32.pow(attempt - 1)
-                + Duration::from_millis(rand::rng().random_range(0..50));
+            let pause = backoff(attempt, rand::rng().random_range(0..JITTER_MS));
             match result {
                 Err(UpstreamFailure::NotConnected(ref reason))
                     if attempt < CONNECT_ATTEMPTS
@@ -374,6 +381,45 @@ mod tests {
             classified(SendRequestError::Timeout),
             UpstreamFailure::Timeout(Duration::from_secs(5))
         );
+    }
+
+    #[test]
+    fn each_reconnect_waits_twice_as_long_plus_its_jitter() {
+        assert_eq!(backoff(1, 0), Duration::from_millis(50));
+        assert_eq!(backoff(2, 0), Duration::from_millis(100));
+        assert_eq!(backoff(3, 7), Duration::from_millis(207));
+    }
+
+    #[test]
+    fn answers_are_equal_by_status_and_body_text() {
+        let body = |status, text: &str| MpcAnswer {
+            status,
+            body: Some(Arc::from(RawValue::from_string(text.to_owned()).unwrap())),
+        };
+        assert_eq!(body(200, "{}"), body(200, "{}"));
+        assert_ne!(body(200, "{}"), body(201, "{}"), "another status");
+        assert_ne!(body(200, "{}"), body(200, "[]"), "another body");
+        assert_ne!(body(200, "{}"), answer(200), "a body and none");
+        assert_eq!(answer(404), answer(404));
+    }
+
+    #[test]
+    fn only_failures_with_an_mpc_answer_carry_it() {
+        assert_eq!(
+            UpstreamFailure::ServerError(answer(503)).answer(),
+            Some(&answer(503))
+        );
+        assert_eq!(
+            UpstreamFailure::UnexpectedStatus(answer(302)).answer(),
+            Some(&answer(302))
+        );
+        for failure in [
+            UpstreamFailure::Timeout(Duration::from_secs(1)),
+            UpstreamFailure::NotConnected("refused".into()),
+            UpstreamFailure::ConnectionLost("reset".into()),
+        ] {
+            assert_eq!(failure.answer(), None, "{failure:?}");
+        }
     }
 
     #[test]
