@@ -500,10 +500,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn corrupt_truncated_or_foreign_files_are_errors_not_panics() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.json");
+    /// Writes a state file at `path` remembering one sent label; returns
+    /// the memory it was written from.
+    fn save_one_sent_label(path: &Path) -> Arc<Dedup> {
         let source = dedup();
         settle(
             &source,
@@ -513,7 +512,15 @@ mod tests {
                 body: None,
             })),
         );
-        save(&path, &source).unwrap();
+        save(path, &source).unwrap();
+        source
+    }
+
+    #[test]
+    fn corrupt_truncated_or_foreign_files_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        save_one_sent_label(&path);
         let whole = fs::read(&path).unwrap();
 
         let cases: [(&str, Vec<u8>); 5] = [
@@ -721,16 +728,7 @@ mod tests {
     fn a_failed_write_removes_its_temporary_file_and_keeps_the_old_one() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        let source = dedup();
-        settle(
-            &source,
-            "A10cnQO",
-            Ok(Reply::Accepted(MpcAnswer {
-                status: 200,
-                body: None,
-            })),
-        );
-        save(&path, &source).unwrap();
+        let source = save_one_sent_label(&path);
         let before = fs::read(&path).unwrap();
 
         // A full disk, for root too and without mounting anything: writes to

@@ -129,14 +129,19 @@ fn config_with_ops_tier() -> tempfile::NamedTempFile {
     file
 }
 
-#[test]
-fn gen_key_prints_the_key_on_stderr_and_only_config_lines_on_stdout() {
-    let config = config_with_ops_tier();
-    let output = gateway()
+/// Runs `gen-key` for alice in the tier `ops` that `config` defines.
+fn gen_key_for_alice(config: &tempfile::NamedTempFile) -> Output {
+    gateway()
         .args(["gen-key", "--user", "alice", "--tier", "ops", "--config"])
         .arg(config.path())
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn gen_key_prints_the_key_on_stderr_and_only_config_lines_on_stdout() {
+    let config = config_with_ops_tier();
+    let output = gen_key_for_alice(&config);
 
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let errors = stderr(&output);
@@ -160,11 +165,7 @@ fn gen_key_prints_the_key_on_stderr_and_only_config_lines_on_stdout() {
 #[test]
 fn gen_key_output_appended_to_a_config_file_loads_and_admits_the_key() {
     let config = config_with_ops_tier();
-    let output = gateway()
-        .args(["gen-key", "--user", "alice", "--tier", "ops", "--config"])
-        .arg(config.path())
-        .output()
-        .unwrap();
+    let output = gen_key_for_alice(&config);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     // What `gen-key >> gateway.toml` does.
     std::fs::OpenOptions::new()
