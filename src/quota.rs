@@ -282,6 +282,16 @@ impl Quotas {
             .step(user, &tier.upstream, self.clock.now(), Cost::Peek)
     }
 
+    /// Gives back a unit of the budget when the request was not forwarded after all.
+    pub fn refund_budget(&self) {
+        self.budget.step(
+            BUDGET_KEY,
+            &self.budget_limit.load(),
+            self.clock.now(),
+            Cost::Refund,
+        );
+    }
+
     /// Sets the courtesy budget (on a reload); what was spent stays spent.
     pub fn set_budget(&self, max_per_minute: NonZeroU32) {
         self.budget_limit
@@ -454,6 +464,26 @@ mod tests {
         assert_eq!(quotas.admit_budget(), Err(Duration::from_secs(30)));
         clock.advance(Duration::from_secs(30));
         assert!(quotas.admit_budget().is_ok());
+    }
+
+    #[test]
+    fn a_budget_unit_given_back_can_be_spent_again() {
+        let (_clock, quotas) = quotas(1);
+        assert!(quotas.admit_budget().is_ok());
+        assert!(quotas.admit_budget().is_err());
+        quotas.refund_budget();
+        assert!(quotas.admit_budget().is_ok(), "the unit is back");
+        assert!(quotas.admit_budget().is_err(), "only the one");
+    }
+
+    #[test]
+    fn a_new_budget_applies_to_what_was_spent() {
+        let (clock, quotas) = quotas(1);
+        assert!(quotas.admit_budget().is_ok());
+        quotas.set_budget(60.try_into().unwrap());
+        assert!(quotas.admit_budget().is_err(), "spent at 1 a minute");
+        clock.advance(Duration::from_secs(2));
+        assert!(quotas.admit_budget().is_ok(), "one a second from now on");
     }
 
     #[test]

@@ -199,10 +199,11 @@ async fn respond(
                 .ok()
                 .and_then(Result::ok)
                 .ok_or_else(|| {
-                    // Nothing was sent: the caller's unit is given back.
+                    // Nothing was sent: the caller's unit and the budget's are given back.
                     state
                         .quotas
                         .refund_upstream(identity.user(), identity.tier());
+                    state.quotas.refund_budget();
                     tracing::warn!("every MPC call slot stayed busy");
                     Problem::GatewayBusy {
                         retry_after: Duration::from_secs(1),

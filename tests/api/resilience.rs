@@ -236,6 +236,51 @@ async fn calls_beyond_max_concurrent_wait_for_a_slot() {
 }
 
 #[tokio::test]
+async fn a_call_refused_for_want_of_a_slot_gives_its_budget_unit_back() {
+    let app = spawn_app_with_clock(
+        |settings| {
+            settings.upstream.max_concurrent = 1.try_into().unwrap();
+            settings.upstream.timeout = Duration::from_secs(1);
+            settings.upstream.connect_timeout = Duration::from_millis(500);
+            settings.upstream.max_per_minute = 3.try_into().unwrap();
+            add_tier(settings, "default", 1000, 1000, 1000);
+        },
+        // The budget never refills by itself during the test.
+        Arc::new(FakeClock::default()),
+    )
+    .await;
+    Mock::given(method("POST"))
+        .and(path(MPC_PATH))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(10)))
+        .expect(3)
+        .mount(&app.mpc)
+        .await;
+
+    // One slot, calls of 1 s (they time out): the first holds it, the second
+    // takes it after, the third's wait of 1 s ends before it is free.
+    let (a, b, c) = tokio::join!(
+        app.retrieve("A10cnQO"),
+        app.retrieve("A10cnQP"),
+        app.retrieve("A10cnQQ")
+    );
+    let mut statuses: Vec<u16> = [a, b, c].iter().map(|r| r.status().as_u16()).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [503, 504, 504], "one found no slot");
+
+    assert_eq!(
+        app.retrieve("A10cnQR").await.status().as_u16(),
+        504,
+        "the budget unit of the call that found no slot was given back"
+    );
+    assert_problem(
+        app.retrieve("A10cnQS").await,
+        503,
+        "urn:mpc-gateway:gateway-busy",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_slow_loris_body_gets_408_and_no_mpc_call() {
     let app = spawn_app().await;
     crate::helpers::mpc_never_called(&app).await;
