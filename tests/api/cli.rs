@@ -198,14 +198,11 @@ async fn healthcheck_exits_0_for_a_live_gateway_and_1_otherwise() {
     .unwrap();
     assert_eq!(live.status.code(), Some(0), "{}", stderr(&live));
 
-    let closed_port = crate::helpers::free_port();
+    let closed = crate::helpers::refusing_port();
+    let closed_url = format!("http://127.0.0.1:{}/healthz", closed.port);
     let dead = tokio::task::spawn_blocking(move || {
         gateway()
-            .args([
-                "healthcheck",
-                "--url",
-                &format!("http://127.0.0.1:{closed_port}/healthz"),
-            ])
+            .args(["healthcheck", "--url", &closed_url])
             .output()
             .unwrap()
     })
