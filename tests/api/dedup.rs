@@ -102,13 +102,27 @@ async fn concurrent_requests_from_different_users_share_one_call() {
     );
 }
 
-/// Sends `label` and drops the request once the MPC has it, as a caller
-/// that gives up mid-call would.
+/// Sends `label` and, once the MPC has the call, aborts the connection (a
+/// TCP reset, which makes the server drop the request's handler: a plain
+/// close does not), as a caller that gives up mid-call would.
 async fn leave_mid_call(app: &TestApp, label: &str) {
-    tokio::select! {
-        _ = app.retrieve(label) => panic!("answered before the MPC even had the call"),
-        () = mpc_received(&app.mpc, 1) => {}
-    }
+    use tokio::io::AsyncWriteExt;
+    let address = app.address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let body = json!({ "label": label }).to_string();
+    let head = format!(
+        "POST /api/action-codes/retrieve HTTP/1.1\r\nhost: {address}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    stream
+        .write_all(format!("{head}{body}").as_bytes())
+        .await
+        .unwrap();
+    mpc_received(&app.mpc, 1).await;
+    let socket = stream.into_std().unwrap();
+    crate::helpers::reset_on_drop(&socket);
+    drop(socket);
 }
 
 #[tokio::test]

@@ -263,6 +263,25 @@ pub async fn mpc_received(mpc: &MockServer, count: usize) {
         .unwrap_or_else(|_| panic!("the MPC did not receive {count} requests within 20 s"));
 }
 
+/// Makes dropping the socket send a TCP reset rather than a clean close.
+pub fn reset_on_drop(socket: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads `linger` for the duration of the call only.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
 /// Admits `key` as `user` in `tier`.
 pub fn add_key(settings: &mut Settings, user: &str, key: &str, tier: &str) {
     settings.auth.keys.push(KeyEntry {

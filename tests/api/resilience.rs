@@ -183,7 +183,7 @@ async fn a_connection_reset_after_sending_is_uncertain_and_never_retried() {
     let (address, requests) = raw_mpc(|stream| async move {
         // Abort the connection: the request was sent, no answer comes.
         let socket = stream.into_std().unwrap();
-        socket2_linger_zero(&socket);
+        crate::helpers::reset_on_drop(&socket);
         drop(socket);
     })
     .await;
@@ -212,25 +212,6 @@ async fn a_connection_reset_after_sending_is_uncertain_and_never_retried() {
         1.0
     );
     assert_healthy(&app).await;
-}
-
-/// Makes dropping the socket send a TCP reset rather than a clean close.
-fn socket2_linger_zero(socket: &std::net::TcpStream) {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt reads `linger` for the duration of the call only.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
 }
 
 #[tokio::test]
