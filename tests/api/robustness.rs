@@ -19,6 +19,9 @@ fn bodies() -> impl Strategy<Value = Vec<u8>> {
         any::<String>().prop_map(|label| json!({ "label": label }).to_string().into_bytes()),
         "[-A-Za-z0-9_:.T ]{0,40}"
             .prop_map(|label| json!({ "label": label }).to_string().into_bytes()),
+        // Mostly valid, padded or not: the cases that must reach the MPC once.
+        "[ \t]?[A-Za-z0-9]{1,9}[ \n]?"
+            .prop_map(|label| json!({ "label": label }).to_string().into_bytes()),
         r#"\{("label"|"x"|label)?:? ?("[^"]{0,20}"|[0-9]+|null|true|\[\]|\{\})?,?\}?"#
             .prop_map(String::into_bytes),
     ]
