@@ -1,6 +1,6 @@
 //! The command line: serve by default, plus the operators' subcommands.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,9 +49,10 @@ pub enum Command {
         #[arg(long, default_value = "default")]
         tier: String,
     },
-    /// Print each label's kind, or why it is invalid; exit 1 if any is invalid.
+    /// Print each label's kind, or why it is invalid, then a summary line;
+    /// exit 1 if any is invalid.
     Validate {
-        /// Labels to check.
+        /// Labels to check; `-` reads more from stdin, one per line (blank lines skipped).
         #[arg(required = true)]
         labels: Vec<String>,
     },
@@ -231,17 +232,40 @@ fn gen_key(config: Option<PathBuf>, user: &str, tier: &str) -> Result<(), String
 }
 
 fn validate(labels: &[String]) -> ExitCode {
-    let mut all_valid = true;
-    for raw in labels {
-        match Label::parse(raw) {
-            Ok(label) => println!("{label}\t{}", label.kind()),
-            Err(error) => {
-                all_valid = false;
-                println!("{}\tinvalid: {error}", raw.escape_debug());
+    let mut out = std::io::stdout().lock();
+    let (mut valid, mut invalid) = (0_usize, 0_usize);
+    let mut judge = |raw: &str| {
+        let line = match Label::parse(raw) {
+            Ok(label) => {
+                valid += 1;
+                format!("{label}\t{}", label.kind())
             }
+            Err(error) => {
+                invalid += 1;
+                format!("{}\tinvalid: {error}", raw.escape_debug())
+            }
+        };
+        writeln!(out, "{line}")
+    };
+    let judged = labels.iter().try_for_each(|raw| {
+        if raw != "-" {
+            return judge(raw);
         }
+        std::io::stdin().lock().split(b'\n').try_for_each(|line| {
+            // Not UTF-8: judged (and refused) like any other text.
+            let line = String::from_utf8_lossy(&line?).into_owned();
+            if line.trim().is_empty() {
+                return Ok(());
+            }
+            judge(&line)
+        })
+    });
+    let summary = judged.and_then(|()| writeln!(out, "{valid} valid, {invalid} invalid"));
+    if let Err(error) = summary {
+        eprintln!("mpc-action-gateway: {error}");
+        return ExitCode::FAILURE;
     }
-    if all_valid {
+    if invalid == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

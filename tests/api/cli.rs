@@ -15,23 +15,22 @@ fn gateway() -> Command {
     command
 }
 
-/// Runs `hash-key` with `stdin` as its input.
-fn hash_key(stdin: &str) -> Output {
-    let mut command = gateway();
-    command.arg("hash-key");
-    let mut child = command
+/// Runs the gateway with `args` and `stdin` as its input.
+fn with_stdin(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = gateway()
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
     child.wait_with_output().unwrap()
+}
+
+/// Runs `hash-key` with `stdin` as its input.
+fn hash_key(stdin: &str) -> Output {
+    with_stdin(&["hash-key"], stdin.as_bytes())
 }
 
 fn stdout(output: &Output) -> String {
@@ -43,7 +42,7 @@ fn stderr(output: &Output) -> String {
 }
 
 #[test]
-fn validate_prints_kinds_and_exits_0_when_all_are_valid() {
+fn validate_prints_kinds_and_a_summary_and_exits_0_when_all_are_valid() {
     let output = gateway()
         .args([
             "validate",
@@ -57,7 +56,10 @@ fn validate_prints_kinds_and_exits_0_when_all_are_valid() {
     assert_eq!(output.status.code(), Some(0));
     assert_eq!(
         stdout(&output),
-        "A10cnQO\ttrksub\n00000DwbEz\ttrkid\n2024-05-02T21:03:35.001_0000FzZw_01\tsubmission_block_id\n"
+        "A10cnQO\ttrksub\n\
+         00000DwbEz\ttrkid\n\
+         2024-05-02T21:03:35.001_0000FzZw_01\tsubmission_block_id\n\
+         3 valid, 0 invalid\n"
     );
 }
 
@@ -69,11 +71,44 @@ fn validate_exits_1_and_explains_when_any_is_invalid() {
         .unwrap();
 
     assert_eq!(output.status.code(), Some(1));
-    let text = stdout(&output);
-    assert!(text.starts_with("A10cnQO\ttrksub\n"), "{text}");
-    assert!(
-        text.contains("2023-02-29T00:00:00.000_0000FzZw\tinvalid: day 29"),
-        "{text}"
+    assert_eq!(
+        stdout(&output),
+        "A10cnQO\ttrksub\n\
+         2023-02-29T00:00:00.000_0000FzZw\tinvalid: day 29 does not exist in month 02 of year 2023, \
+         which has 28 days\n\
+         1 valid, 1 invalid\n"
+    );
+}
+
+#[test]
+fn validate_dash_reads_labels_from_stdin_one_per_line() {
+    let output = with_stdin(
+        &["validate", "A10cnQO", "-"],
+        b"00000DwbEz\r\n\n  A10cnQP  \na b\n2023-02-29T00:00:00.000_0000FzZw",
+    );
+
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        "A10cnQO\ttrksub\n\
+         00000DwbEz\ttrkid\n\
+         A10cnQP\ttrksub\n\
+         a b\tinvalid: whitespace ' ' at byte 1 is not allowed inside a label \
+         (only leading and trailing whitespace is removed)\n\
+         2023-02-29T00:00:00.000_0000FzZw\tinvalid: day 29 does not exist in month 02 of year 2023, \
+         which has 28 days\n\
+         3 valid, 2 invalid\n"
+    );
+}
+
+#[test]
+fn validate_dash_exits_0_when_every_stdin_label_is_valid() {
+    let output = with_stdin(&["validate", "-"], b"A10cnQO\n00000DwbEz\n");
+
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        "A10cnQO\ttrksub\n00000DwbEz\ttrkid\n2 valid, 0 invalid\n"
     );
 }
 
@@ -282,14 +317,11 @@ async fn healthcheck_exits_0_for_a_live_gateway_and_1_otherwise() {
     .unwrap();
     assert_eq!(live.status.code(), Some(0), "{}", stderr(&live));
 
-    let closed_port = crate::helpers::free_port();
+    let closed = crate::helpers::refusing_port();
+    let closed_url = format!("http://127.0.0.1:{}/healthz", closed.port);
     let dead = tokio::task::spawn_blocking(move || {
         gateway()
-            .args([
-                "healthcheck",
-                "--url",
-                &format!("http://127.0.0.1:{closed_port}/healthz"),
-            ])
+            .args(["healthcheck", "--url", &closed_url])
             .output()
             .unwrap()
     })

@@ -8,7 +8,7 @@ use wiremock::matchers::{method, path};
 use wiremock::{Mock, ResponseTemplate};
 
 use crate::helpers::{
-    MPC_PATH, TestApp, add_key, add_tier, assert_problem, captured_logs, mpc_answers,
+    MPC_PATH, TestApp, add_key, add_tier, assert_problem, captured_logs, mpc_answers, mpc_received,
     raise_open_files_limit, spawn_app_with,
 };
 
@@ -102,45 +102,89 @@ async fn concurrent_requests_from_different_users_share_one_call() {
     );
 }
 
+/// Sends `label` and, once the MPC has the call, aborts the connection (a
+/// TCP reset, which makes the server drop the request's handler: a plain
+/// close does not), as a caller that gives up mid-call would.
+async fn leave_mid_call(app: &TestApp, label: &str) {
+    use tokio::io::AsyncWriteExt;
+    let address = app.address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let body = json!({ "label": label }).to_string();
+    let head = format!(
+        "POST /api/action-codes/retrieve HTTP/1.1\r\nhost: {address}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    stream
+        .write_all(format!("{head}{body}").as_bytes())
+        .await
+        .unwrap();
+    mpc_received(&app.mpc, 1).await;
+    let socket = stream.into_std().unwrap();
+    crate::helpers::reset_on_drop(&socket);
+    drop(socket);
+}
+
 #[tokio::test]
 async fn a_leader_that_disconnects_does_not_cause_a_second_call() {
-    let app = roomy_app(|_| {}).await;
-    slow_mpc(&app, Duration::from_millis(400), 1).await;
+    let app = roomy_app(|settings| settings.upstream.timeout = Duration::from_secs(10)).await;
+    slow_mpc(&app, Duration::from_secs(2), 1).await;
 
-    // The leader gives up after 100 ms: its request future is dropped.
-    let leader = tokio::time::timeout(Duration::from_millis(100), app.retrieve(LABEL)).await;
-    assert!(
-        leader.is_err(),
-        "the leader must still be waiting when dropped"
-    );
+    leave_mid_call(&app, LABEL).await;
 
-    // Others arrive while the call the leader started is still in flight.
+    // Others arrive while the call the leader started is (almost surely)
+    // still in flight; they join it, or find its outcome if it has settled.
     let responses = join_all((0..5).map(|_| app.retrieve(LABEL))).await;
+    let mut requested_at = Vec::new();
     for response in responses {
         assert_eq!(response.status().as_u16(), 200);
-        assert!(cache_status(&response).ends_with("collapsed"));
+        let status = cache_status(&response);
         let body: Value = response.json().await.unwrap();
-        assert_eq!(body["status"], "sent");
+        if status.ends_with("fwd=miss; collapsed") {
+            assert_eq!(body["status"], "sent");
+        } else {
+            assert!(status.contains("; hit; ttl="), "{status}");
+            assert_eq!(body["status"], "already_requested");
+        }
+        requested_at.push(body["requested_at"].clone());
     }
-
     let response = app.retrieve(LABEL).await;
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "already_requested");
+    requested_at.push(body["requested_at"].clone());
+    assert!(
+        requested_at.iter().all(|at| *at == requested_at[0]),
+        "all from the leader's one call: {requested_at:?}"
+    );
+    app.mpc.verify().await;
 }
 
 #[tokio::test]
 async fn a_leader_that_disconnects_alone_still_completes_and_remembers() {
     let app = roomy_app(|_| {}).await;
-    slow_mpc(&app, Duration::from_millis(200), 1).await;
+    slow_mpc(&app, Duration::from_millis(300), 1).await;
 
-    let leader = tokio::time::timeout(Duration::from_millis(50), app.retrieve(LABEL)).await;
-    assert!(leader.is_err());
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    leave_mid_call(&app, LABEL).await;
+    // Settled without anyone waiting: the admin view shows the outcome.
+    let settled = async {
+        while app
+            .admin_get(&format!("/admin/labels/{LABEL}"))
+            .await
+            .status()
+            != 200
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), settled)
+        .await
+        .expect("the abandoned call settles and is remembered");
 
     let response = app.retrieve(LABEL).await;
     assert!(cache_status(&response).contains("hit"));
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "already_requested");
+    app.mpc.verify().await;
 }
 
 #[tokio::test]
@@ -237,15 +281,15 @@ async fn a_timeout_is_remembered_as_uncertain() {
 
 #[tokio::test]
 async fn the_next_request_after_the_lifetime_is_forwarded_again() {
-    let app = roomy_app(|settings| {
-        settings.dedup.sent_ttl = Duration::from_millis(300);
-    })
-    .await;
+    let ttl = Duration::from_secs(2);
+    let app = roomy_app(|settings| settings.dedup.sent_ttl = ttl).await;
     mpc_answers(&app, 200, json!({}), 2).await;
 
     let first: Value = app.retrieve("A10cnQO").await.json().await.unwrap();
+    // The outcome was stored before its answer came back: it expires by then.
+    let expired_by = tokio::time::Instant::now() + ttl + Duration::from_millis(10);
     let second: Value = app.retrieve("A10cnQO").await.json().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep_until(expired_by).await;
     let third: Value = app.retrieve("A10cnQO").await.json().await.unwrap();
 
     assert_eq!(first["status"], "sent");
@@ -260,15 +304,17 @@ async fn remembered_answers_and_waiters_cost_no_upstream_quota() {
         add_tier(settings, "single", 100, 10, 1);
         add_key(settings, "alice", "alice-key", "single");
         add_key(settings, "bob", "bob-key", "single");
+        settings.upstream.timeout = Duration::from_secs(10);
     })
     .await;
-    slow_mpc(&app, Duration::from_millis(300), 2).await;
+    slow_mpc(&app, Duration::from_secs(2), 2).await;
     let alice = [("x-api-key", "alice-key")];
     let bob = [("x-api-key", "bob-key")];
 
-    // Alice leads, Bob waits on her call: Bob's only unit is untouched.
+    // Alice leads; once the MPC holds her call (for 2 s), Bob asks and waits
+    // on it: Bob's only unit is untouched.
     let (lead, wait) = tokio::join!(app.retrieve_with(LABEL, &alice), async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        mpc_received(&app.mpc, 1).await;
         app.retrieve_with(LABEL, &bob).await
     });
     assert_eq!(lead.status().as_u16(), 200);

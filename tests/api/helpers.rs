@@ -123,6 +123,8 @@ pub struct Running {
     pub child: std::process::Child,
     pub public: String,
     pub admin: String,
+    /// Its JSON log lines, as it writes them.
+    pub logs: ChildLogs,
 }
 
 impl Drop for Running {
@@ -134,11 +136,21 @@ impl Drop for Running {
 
 impl Running {
     /// Sends SIGTERM and waits for the exit code.
-    pub async fn terminate(mut self) -> Option<i32> {
+    pub async fn terminate(self) -> Option<i32> {
+        self.sigterm();
+        self.wait().await
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
         // SAFETY: kill only sends a signal to the child we started.
         unsafe {
             libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
         }
+    }
+
+    /// Waits for the exit code.
+    pub async fn wait(mut self) -> Option<i32> {
         let mut child = std::mem::replace(
             &mut self.child,
             std::process::Command::new("true").spawn().unwrap(),
@@ -149,46 +161,136 @@ impl Running {
     }
 }
 
-/// Starts the binary with `args` on free loopback ports and waits until its
-/// admin listener answers.
+/// A child's stdout, one JSON log line at a time.
+pub struct ChildLogs(tokio::sync::mpsc::UnboundedReceiver<Value>);
+
+impl ChildLogs {
+    /// Reads `stdout` on a thread of its own, so the child never blocks on a full pipe.
+    fn read(stdout: std::process::ChildStdout) -> Self {
+        let (lines, receiver) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if std::env::var_os("TEST_LOG").is_some() {
+                    eprintln!("{line}");
+                }
+                if let Ok(line) = serde_json::from_str(&line)
+                    && lines.send(line).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Self(receiver)
+    }
+
+    /// No lines: for a child whose stdout the caller reads itself.
+    pub fn none() -> Self {
+        Self(tokio::sync::mpsc::unbounded_channel().1)
+    }
+
+    /// The next line that `wanted` picks; panics if none comes within 20 s.
+    pub async fn until(&mut self, wanted: impl Fn(&Value) -> bool) -> Value {
+        let next = async {
+            while let Some(line) = self.0.recv().await {
+                if wanted(&line) {
+                    return line;
+                }
+            }
+            panic!("the child's stdout ended before the awaited line");
+        };
+        tokio::time::timeout(Duration::from_secs(20), next)
+            .await
+            .expect("the awaited log line within 20 s")
+    }
+
+    /// The next line whose message is `message`.
+    pub async fn until_message(&mut self, message: &str) -> Value {
+        self.until(|line| line["message"] == message).await
+    }
+}
+
+/// Starts the binary with `args`, listening on ports the kernel picks, and
+/// returns once it has logged the addresses it bound.
 pub async fn run_binary(args: &[&str], env: &[(&str, &str)]) -> Running {
-    let (public, admin) = (free_port(), free_port());
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mpc-action-gateway"));
     command
         .args(args)
-        .env("MPC_GATEWAY__SERVER__LISTEN", format!("127.0.0.1:{public}"))
-        .env("MPC_GATEWAY__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
-        .stdout(std::process::Stdio::null());
+        .env("MPC_GATEWAY__SERVER__LISTEN", "127.0.0.1:0")
+        .env("MPC_GATEWAY__ADMIN__LISTEN", "127.0.0.1:0")
+        .env("MPC_GATEWAY__LOG__FORMAT", "json")
+        .stdout(std::process::Stdio::piped());
     for (name, value) in env {
         command.env(name, value);
     }
-    let running = Running {
-        child: command.spawn().unwrap(),
-        public: format!("http://127.0.0.1:{public}"),
-        admin: format!("http://127.0.0.1:{admin}"),
+    let mut child = command.spawn().unwrap();
+    let logs = ChildLogs::read(child.stdout.take().unwrap());
+    // Built first, so that the child is killed if it never comes up.
+    let mut running = Running {
+        child,
+        public: String::new(),
+        admin: String::new(),
+        logs,
     };
-    let client = reqwest::Client::new();
-    for _ in 0..200 {
-        if let Ok(response) = client
-            .get(format!("{}/healthz", running.admin))
-            .send()
-            .await
-            && response.status().is_success()
-        {
-            return running;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the binary did not come up");
+    // The serving line (`serve` and `demo` alike) names both bound addresses.
+    let serving = running
+        .logs
+        .until(|line| line["public"].is_string() && line["admin"].is_string())
+        .await;
+    running.public = format!("http://{}", serving["public"].as_str().unwrap());
+    running.admin = format!("http://{}", serving["admin"].as_str().unwrap());
+    running
 }
 
-/// A loopback port nobody listens on (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback port that refuses connections: bound, never listening, and
+/// held until dropped, so no other test can take it meanwhile.
+pub struct RefusingPort {
+    _socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+/// Reserves a [`RefusingPort`].
+pub fn refusing_port() -> RefusingPort {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    RefusingPort {
+        _socket: socket,
+        port,
+    }
+}
+
+/// Waits until `mpc` has received at least `count` requests (at most 20 s).
+pub async fn mpc_received(mpc: &MockServer, count: usize) {
+    let seen = async {
+        while mpc.received_requests().await.unwrap().len() < count {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), seen)
+        .await
+        .unwrap_or_else(|_| panic!("the MPC did not receive {count} requests within 20 s"));
+}
+
+/// Makes dropping the socket send a TCP reset rather than a clean close.
+pub fn reset_on_drop(socket: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads `linger` for the duration of the call only.
+    let set = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "SO_LINGER is set");
 }
 
 /// Admits `key` as `user` in `tier`.

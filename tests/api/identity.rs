@@ -3,7 +3,8 @@
 use serde_json::json;
 
 use crate::helpers::{
-    TestApp, add_key, assert_problem, captured_logs, mpc_answers, mpc_never_called, spawn_app_with,
+    TestApp, add_key, assert_problem, captured_logs, logs_for_request, mpc_answers,
+    mpc_never_called, spawn_app_with,
 };
 
 const KEY: &str = "mpcgw_integration_test_key_0123456789";
@@ -127,17 +128,42 @@ async fn keys_digests_and_authorization_values_never_reach_the_logs() {
     mpc_answers(&app, 200, json!({}), 2).await;
     let bearer = format!("Bearer {KEY}");
 
-    app.retrieve_with("A10cnQO", &[("authorization", &bearer)])
-        .await;
-    app.retrieve_with("A10cnQP", &[("x-api-key", KEY)]).await;
-    app.retrieve_with("A10cnQQ", &[("authorization", "Bearer wrong-secret-value")])
-        .await;
-    app.retrieve_with("bad label", &[("x-api-key", KEY)]).await;
-
-    let logs = captured_logs();
-    assert!(logs.contains("alice"), "the user is logged");
+    // Label, credential header and value, status, and the user logged.
+    let cases: [(&str, &str, &str, u16, Option<&str>); 4] = [
+        ("A10cnQO", "authorization", &bearer, 200, Some("alice")),
+        ("A10cnQP", "x-api-key", KEY, 200, Some("alice")),
+        (
+            "A10cnQQ",
+            "authorization",
+            "Bearer wrong-secret-value",
+            401,
+            None,
+        ),
+        ("bad label", "x-api-key", KEY, 422, Some("alice")),
+    ];
     let digest = mpc_action_gateway::identity::key_digest(KEY);
-    for secret in [KEY, digest.as_str(), "wrong-secret-value", "Bearer"] {
-        assert!(!logs.contains(secret), "{secret} appears in the logs");
+    for (index, (label, header, value, status, user)) in cases.into_iter().enumerate() {
+        let request_id = format!("identity-secrets-{index}");
+        let response = app
+            .retrieve_with(label, &[(header, value), ("x-request-id", &request_id)])
+            .await;
+        assert_eq!(response.status().as_u16(), status, "{label}");
+
+        let lines = logs_for_request(&request_id);
+        let finished = lines
+            .iter()
+            .find(|line| line["message"] == "request finished")
+            .unwrap_or_else(|| panic!("no closing log line for {label}"));
+        assert_eq!(finished["user"], json!(user), "{label}");
+        assert_eq!(finished["status"], status, "{label}");
+        let logged: String = lines.iter().map(|line| format!("{line}\n")).collect();
+        for secret in [KEY, digest.as_str(), "wrong-secret-value", "Bearer"] {
+            assert!(!logged.contains(secret), "{secret} logged for {label}");
+        }
+    }
+    // Nor outside a request's span, by this test or any other.
+    let everything = captured_logs();
+    for secret in [KEY, digest.as_str(), "wrong-secret-value"] {
+        assert!(!everything.contains(secret), "{secret} appears in the logs");
     }
 }

@@ -1,8 +1,9 @@
-//! A bounded load test on loopback, ignored by default:
-//! `LOAD_SECONDS=60 cargo test --release --test api load -- --ignored --nocapture`.
+//! A bounded load test on loopback, run alone (it measures the process's
+//! memory) by .ci/run for 25 s: `LOAD_SECONDS=25 cargo test --test api
+//! a_minute_of_mixed_traffic -- --ignored --nocapture` (`--release` for rates).
 //! Valid, duplicate, invalid and faulting labels from many users: no 5xx but
 //! the upstream ones the contract names, no label sent to the MPC twice, and
-//! the resident set flat once the remembered set is full.
+//! the resident set flat once the remembered set holds every label.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,6 +56,16 @@ const VALID_POOL: u32 = 2_000;
 /// Distinct valid labels the MPC refuses (404).
 const REJECTED_POOL: u32 = 500;
 
+/// The `n`th label of the pool the MPC accepts.
+fn valid_label(n: u32) -> String {
+    format!("2024-05-02T21:03:35.001_{n:08}")
+}
+
+/// The `n`th label of the pool the MPC refuses.
+fn rejected_label(n: u32) -> String {
+    format!("R{n:07}")
+}
+
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
     statm
@@ -67,13 +78,13 @@ fn rss_bytes() -> u64 {
 }
 
 #[tokio::test]
-#[ignore = "runs for a minute; see the module documentation"]
+#[ignore = "run alone by .ci/run: it measures the process's memory"]
 async fn a_minute_of_mixed_traffic() {
     crate::helpers::raise_open_files_limit();
     let seconds: u64 = std::env::var("LOAD_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
+        .unwrap_or(25);
     let calls = Calls::default();
     let mpc = counting_mpc(Arc::clone(&calls)).await;
     let mut settings = test_settings(&mpc);
@@ -89,8 +100,43 @@ async fn a_minute_of_mixed_traffic() {
         "http://{}/api/action-codes/retrieve",
         application.public_addr()
     );
+    let metrics_url = format!("http://{}/metrics", application.admin_addr());
     tokio::spawn(application.run_until_stopped());
     let client = reqwest::Client::new();
+
+    // Every pooled label once, so that the remembered set is full before
+    // the resident set is first measured.
+    let pooled = (0..VALID_POOL)
+        .map(valid_label)
+        .chain((0..REJECTED_POOL).map(rejected_label));
+    futures_util::stream::iter(pooled)
+        .for_each_concurrent(32, |label| {
+            let (client, url) = (&client, &url);
+            async move {
+                let response = client
+                    .post(url)
+                    .json(&json!({ "label": label }))
+                    .send()
+                    .await
+                    .unwrap();
+                let expected = if label.starts_with('R') { 404 } else { 200 };
+                assert_eq!(response.status().as_u16(), expected, "{label}");
+            }
+        })
+        .await;
+    let metrics = client.get(&metrics_url).send().await.unwrap();
+    let remembered = metrics
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("mpc_gateway_dedup_entries "))
+        .map(|value| value.parse::<f64>().unwrap());
+    assert_eq!(
+        remembered,
+        Some(f64::from(VALID_POOL + REJECTED_POOL)),
+        "every pooled label remembered"
+    );
 
     let next_label = AtomicU64::new(0);
     let statuses: Mutex<HashMap<(u16, String), u64>> = Mutex::new(HashMap::new());
@@ -108,16 +154,13 @@ async fn a_minute_of_mixed_traffic() {
                 let roll: u32 = rand::rng().random_range(0..100);
                 let user = format!("observer-{}", rand::rng().random_range(0..200));
                 next_label.fetch_add(1, Ordering::Relaxed);
-                // Fixed pools: every label recurs, so most requests are
-                // duplicates and the remembered set fills during warm-up.
+                // Fixed pools, all remembered already: every pooled request
+                // is a duplicate the MPC must not see again.
                 let label = match roll {
-                    0..70 => format!(
-                        "2024-05-02T21:03:35.001_{:08}",
-                        rand::rng().random_range(0..VALID_POOL)
-                    ),
+                    0..70 => valid_label(rand::rng().random_range(0..VALID_POOL)),
                     70..85 => "not a label".to_owned(),
                     85..95 => format!("F{:07}", rand::rng().random_range(0..1000)),
-                    _ => format!("R{:07}", rand::rng().random_range(0..REJECTED_POOL)),
+                    _ => rejected_label(rand::rng().random_range(0..REJECTED_POOL)),
                 };
                 let response = client
                     .post(url)
@@ -152,7 +195,10 @@ async fn a_minute_of_mixed_traffic() {
     let statuses = statuses.into_inner().unwrap();
     let total: u64 = statuses.values().sum();
     let rss_end = rss_bytes();
-    let rss_warm = rss_after_warm_up.into_inner().unwrap().unwrap_or(rss_end);
+    let rss_warm = rss_after_warm_up
+        .into_inner()
+        .unwrap()
+        .expect("the run lasted past its warm-up");
     println!(
         "load: {total} requests in {elapsed:.1} s = {:.0} requests/s",
         total as f64 / elapsed
@@ -196,7 +242,7 @@ async fn a_minute_of_mixed_traffic() {
     );
     assert!(repeated.is_empty(), "labels sent twice: {repeated:?}");
     assert!(
-        rss_end < rss_warm + 64 * 1048576,
+        rss_end < rss_warm + 8 * 1048576,
         "RSS grew from {rss_warm} to {rss_end} after warm-up"
     );
 }

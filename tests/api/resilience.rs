@@ -53,6 +53,8 @@ async fn the_breaker_opens_after_n_failures_and_refuses_at_once() {
     mpc_answers(&app, 200, json!({}), 1).await;
     // A label sent while the MPC was well is still answered from memory later.
     assert_eq!(app.retrieve("REMEMBERED").await.status().as_u16(), 200);
+    // Checks the `.expect(1)` above before `reset` forgets it.
+    app.mpc.verify().await;
     app.mpc.reset().await;
     mpc_fails(&app, 2).await;
 
@@ -180,8 +182,8 @@ async fn a_slow_dripping_answer_ends_within_the_timeout() {
 
 #[tokio::test]
 async fn a_refused_connection_is_tried_again_then_502() {
-    let closed_port = crate::helpers::free_port();
-    let app = app_against(&format!("http://127.0.0.1:{closed_port}")).await;
+    let closed = crate::helpers::refusing_port();
+    let app = app_against(&format!("http://127.0.0.1:{}", closed.port)).await;
 
     let started = Instant::now();
     assert_problem(
@@ -328,7 +330,7 @@ async fn sigterm_during_a_slow_mpc_call_answers_the_caller_and_exits_0() {
         .respond_with(
             ResponseTemplate::new(200)
                 .set_body_json(json!({"message": "queued"}))
-                .set_delay(Duration::from_millis(800)),
+                .set_delay(Duration::from_secs(3)),
         )
         .expect(1)
         .mount(&mpc)
@@ -337,10 +339,11 @@ async fn sigterm_during_a_slow_mpc_call_answers_the_caller_and_exits_0() {
     let state_file = dir.path().join("state.json");
     let uri = mpc.uri();
     let state = state_file.to_string_lossy().into_owned();
-    let gateway = crate::helpers::run_binary(
+    let mut gateway = crate::helpers::run_binary(
         &[],
         &[
             ("MPC_GATEWAY__UPSTREAM__BASE_URL", &uri),
+            ("MPC_GATEWAY__UPSTREAM__TIMEOUT", "10s"),
             ("MPC_GATEWAY__DEDUP__STATE_FILE", &state),
         ],
     )
@@ -352,9 +355,17 @@ async fn sigterm_during_a_slow_mpc_call_answers_the_caller_and_exits_0() {
             .json(&json!({"label": "A10cnQO"}))
             .send(),
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // SIGTERM now, while the MPC call is under way.
-    let exit = tokio::spawn(gateway.terminate());
+    // SIGTERM once the MPC holds the call, and see shutdown begin while it does.
+    crate::helpers::mpc_received(&mpc, 1).await;
+    gateway.sigterm();
+    gateway
+        .logs
+        .until_message("shutting down: finishing in-flight requests")
+        .await;
+    assert!(
+        !request.is_finished(),
+        "the MPC call outlasted the start of shutdown (3 s margin)"
+    );
 
     let response = request.await.unwrap().unwrap();
     assert_eq!(
@@ -364,7 +375,7 @@ async fn sigterm_during_a_slow_mpc_call_answers_the_caller_and_exits_0() {
     );
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "sent");
-    assert_eq!(exit.await.unwrap(), Some(0));
+    assert_eq!(gateway.wait().await, Some(0));
     let saved = std::fs::read_to_string(&state_file).unwrap();
     assert!(saved.contains("\"label\":\"A10cnQO\""), "{saved}");
 }

@@ -122,9 +122,9 @@ async fn mpc_server_errors_are_502() {
 
 #[tokio::test]
 async fn unreachable_mpc_is_502() {
-    let closed_port = crate::helpers::free_port();
+    let closed = crate::helpers::refusing_port();
     let app = spawn_app_with(|settings| {
-        settings.upstream.base_url = format!("http://127.0.0.1:{closed_port}").parse().unwrap();
+        settings.upstream.base_url = format!("http://127.0.0.1:{}", closed.port).parse().unwrap();
     })
     .await;
 

@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{Running, free_port, spawn_app, spawn_app_with};
+use crate::helpers::{ChildLogs, Running, spawn_app, spawn_app_with};
 
 /// The gateway's request-head deadline.
 const HEAD_DEADLINE: Duration = Duration::from_secs(5);
@@ -136,16 +136,15 @@ async fn trickling_clients_fill_only_the_public_cap() {
     );
 }
 
-/// The binary on free loopback ports with JSON logs on a pipe, once serving,
-/// and the lines it writes; `customise` adjusts its command first.
+/// The binary on ports the kernel picks with JSON logs on a pipe, once
+/// serving, and the lines it writes; `customise` adjusts its command first.
 fn run_binary_logging(
     customise: impl FnOnce(&mut std::process::Command),
 ) -> (Running, std::sync::mpsc::Receiver<Value>) {
-    let (public, admin) = (free_port(), free_port());
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mpc-action-gateway"));
     command
-        .env("MPC_GATEWAY__SERVER__LISTEN", format!("127.0.0.1:{public}"))
-        .env("MPC_GATEWAY__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
+        .env("MPC_GATEWAY__SERVER__LISTEN", "127.0.0.1:0")
+        .env("MPC_GATEWAY__ADMIN__LISTEN", "127.0.0.1:0")
         .env("MPC_GATEWAY__LOG__FORMAT", "json")
         .stdout(std::process::Stdio::piped());
     customise(&mut command);
@@ -161,14 +160,17 @@ fn run_binary_logging(
             }
         }
     });
-    let running = Running {
-        child,
-        public: format!("http://127.0.0.1:{public}"),
-        admin: format!("http://127.0.0.1:{admin}"),
-    };
-    lines_until(&received, |line| {
+    let serving = lines_until(&received, |line| {
         line["message"] == "mpc-action-gateway serving"
     });
+    let serving = serving.last().unwrap();
+    let address = |listener: &str| format!("http://{}", serving[listener].as_str().unwrap());
+    let running = Running {
+        public: address("public"),
+        admin: address("admin"),
+        child,
+        logs: ChildLogs::none(),
+    };
     (running, received)
 }
 

@@ -72,24 +72,9 @@ async fn read_request(stream: &mut TcpStream) -> bool {
     }
 }
 
-/// Makes dropping the socket send a TCP reset rather than a clean close.
+/// The connection as a std socket that sends a TCP reset when dropped.
 pub fn reset_on_close(stream: TcpStream) -> std::net::TcpStream {
-    use std::os::fd::AsRawFd;
     let socket = stream.into_std().unwrap();
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt reads `linger` for the duration of the call only.
-    let set = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(set, 0, "SO_LINGER is set");
+    super::reset_on_drop(&socket);
     socket
 }
