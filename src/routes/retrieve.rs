@@ -465,7 +465,10 @@ pub fn decode_body(bytes: &[u8]) -> Result<RetrieveRequest<'_>, Problem> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(Problem::MalformedRequest("the body is empty".to_owned()));
     }
-    serde_json::from_slice(bytes).map_err(|error| Problem::MalformedRequest(error.to_string()))
+    // serde_json skips the members it ignores without checking their UTF-8.
+    let text = std::str::from_utf8(bytes)
+        .map_err(|error| Problem::MalformedRequest(format!("the body is not UTF-8 ({error})")))?;
+    serde_json::from_str(text).map_err(|error| Problem::MalformedRequest(error.to_string()))
 }
 
 fn capitalise(text: &str) -> String {
@@ -548,6 +551,7 @@ mod tests {
             b"{\"label\": null}",
             b"{\"label\": \"a\", \"label\": \"b\"}",
             b"\xff\xfe",
+            b"{\"label\": \"A10cnQO\", \"x\": \"\xd1\"}",
         ] {
             assert!(
                 matches!(decode_body(body), Err(Problem::MalformedRequest(_))),
