@@ -30,6 +30,7 @@ use crate::routes::admin::{AdminAccess, AdminState};
 use crate::telemetry::{LevelHandle, request_context};
 use crate::upstream::breaker::Breaker;
 use crate::upstream::{MpcClient, tls_config};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{Semaphore, oneshot};
 
 /// Longest a client may take to send a request head, on every request of a
@@ -136,6 +137,9 @@ pub enum StartupError {
         /// Descriptors kept free for everything but public connections.
         reserved: u64,
     },
+    /// The stop and reload signals cannot be listened to.
+    #[error("cannot listen for SIGTERM, SIGINT and SIGHUP: {0}")]
+    Signals(std::io::Error),
     /// The metrics could not be registered (a programming error).
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -310,6 +314,7 @@ pub struct Application {
     state_file: Option<StateFile>,
     drain_timeout: Duration,
     reloader: Option<Arc<Reloader>>,
+    signals: Signals,
 }
 
 impl Application {
@@ -334,6 +339,7 @@ impl Application {
                  reach it can make the MPC send emails; set auth.allow_anonymous = false"
             );
         }
+        let signals = Signals::listen()?;
         let public_listener = bind("server.listen", settings.server.listen)?;
         let admin_listener = bind("admin.listen", settings.admin.listen)?;
         let public_addr = local_addr("server.listen", &public_listener)?;
@@ -377,6 +383,7 @@ impl Application {
             state_file,
             drain_timeout: settings.upstream.timeout + Duration::from_secs(2),
             reloader: None,
+            signals,
         })
     }
 
@@ -422,13 +429,19 @@ impl Application {
     /// the state file and returns.
     pub async fn run_until_stopped(self) -> Result<(), RunError> {
         let stopper = self.stopper();
+        let Signals {
+            terminate,
+            interrupt,
+            hangup,
+        } = self.signals;
         tokio::spawn(async move {
-            shutdown_signal().await;
+            stop_signal(terminate, interrupt).await;
             stopper.stop().await;
         });
+        // Without a reloader SIGHUP is still caught, and ignored, never fatal.
         let reloading = self
             .reloader
-            .map(|reloader| tokio::spawn(reload_on_hangup(reloader)));
+            .map(|reloader| tokio::spawn(reload_on_hangup(reloader, hangup)));
         let state = self.state.clone();
         let housekeeping = tokio::spawn(async move {
             let mut ticks = tokio::time::interval(QUOTA_HOUSEKEEPING);
@@ -467,15 +480,7 @@ impl Application {
 }
 
 /// Reloads the configuration on each SIGHUP, until the gateway stops.
-async fn reload_on_hangup(reloader: Arc<Reloader>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(hangups) => hangups,
-        Err(error) => {
-            tracing::warn!(%error, "cannot watch SIGHUP; the configuration is not reloaded");
-            return;
-        }
-    };
+async fn reload_on_hangup(reloader: Arc<Reloader>, mut hangups: Signal) {
     while hangups.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading the configuration");
         let reloader = Arc::clone(&reloader);
@@ -654,26 +659,31 @@ fn local_addr(key: &'static str, listener: &TcpListener) -> Result<SocketAddr, S
     })
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = terminate.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot watch SIGTERM; only SIGINT stops the gateway");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+/// The signals that stop or reload the gateway, listened to from the moment
+/// it is built: one sent as soon as it says it serves must not meet the
+/// default action (which kills the process, drain and state file unwritten).
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    fn listen() -> Result<Self, StartupError> {
+        let listen = |kind| signal(kind).map_err(StartupError::Signals);
+        Ok(Self {
+            terminate: listen(SignalKind::terminate())?,
+            interrupt: listen(SignalKind::interrupt())?,
+            hangup: listen(SignalKind::hangup())?,
+        })
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Returns at the first SIGTERM or SIGINT.
+async fn stop_signal(mut terminate: Signal, mut interrupt: Signal) {
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
     }
 }
 
