@@ -467,6 +467,25 @@ mod tests {
     }
 
     #[test]
+    fn a_peek_says_whether_the_next_charge_would_be_admitted_and_charges_nothing() {
+        let limit = Limit::new(nz(10), Duration::from_secs(3600), nz(2));
+        let now = 1_000_000_000_000;
+        let (tat, peek) = gcra(None, now, &limit, Cost::Peek);
+        assert!(peek.allowed);
+        assert_eq!((tat, peek.remaining), (None, 2), "nothing charged");
+        let (tat, _) = gcra(tat, now, &limit, Cost::Charge);
+        let (tat, _) = gcra(tat, now, &limit, Cost::Charge);
+        let (after, peek) = gcra(tat, now, &limit, Cost::Peek);
+        assert!(!peek.allowed, "the burst is spent");
+        assert_eq!(after, tat);
+        let later = now + limit.interval;
+        assert!(
+            gcra(tat, later, &limit, Cost::Peek).1.allowed,
+            "one interval later"
+        );
+    }
+
+    #[test]
     fn a_budget_unit_given_back_can_be_spent_again() {
         let (_clock, quotas) = quotas(1);
         assert!(quotas.admit_budget().is_ok());
