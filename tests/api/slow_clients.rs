@@ -9,6 +9,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::helpers::raw_mpc::read_message;
 use crate::helpers::{ChildLogs, Running, spawn_app, spawn_app_with};
 
 /// The gateway's request-head deadline.
@@ -25,23 +26,10 @@ fn socket_address(url: &str) -> &str {
 
 /// Reads one response with a `Content-Length` body; returns its status line.
 async fn read_response(conn: &mut TcpStream) -> String {
-    let mut received = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&received[..end]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|line| line.strip_prefix("content-length:"))
-                .map_or(0, |value| value.trim().parse().unwrap());
-            if received.len() >= end + 4 + length {
-                return head.lines().next().unwrap_or_default().to_owned();
-            }
-        }
-        let n = conn.read(&mut chunk).await.expect("the response arrives");
-        assert_ne!(n, 0, "closed mid-response");
-        received.extend_from_slice(&chunk[..n]);
-    }
+    let head = read_message(conn)
+        .await
+        .expect("the response arrives whole");
+    head.lines().next().unwrap_or_default().to_owned()
 }
 
 /// A connection that has been answered once and kept alive.

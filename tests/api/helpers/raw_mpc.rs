@@ -38,7 +38,7 @@ where
             let counted = Arc::clone(&counted);
             let behave = Arc::clone(&behave);
             tokio::spawn(async move {
-                if read_request(&mut stream).await {
+                if read_message(&mut stream).await.is_some() {
                     counted.fetch_add(1, Ordering::SeqCst);
                     behave(stream).await;
                 }
@@ -48,9 +48,10 @@ where
     RawMpc { address, requests }
 }
 
-/// Reads one request, head then `Content-Length` bytes of body; false when
-/// the connection ends first.
-async fn read_request(stream: &mut TcpStream) -> bool {
+/// Reads one HTTP/1.1 message from a raw socket, head then `Content-Length`
+/// bytes of body; returns its head, lowercased, or `None` when the
+/// connection ends first.
+pub async fn read_message(stream: &mut TcpStream) -> Option<String> {
     let mut seen = Vec::new();
     let mut buffer = [0_u8; 4096];
     loop {
@@ -62,11 +63,11 @@ async fn read_request(stream: &mut TcpStream) -> bool {
                 .and_then(|value| value.trim().parse().ok())
                 .unwrap_or(0);
             if seen.len() >= end + 4 + length {
-                return true;
+                return Some(head);
             }
         }
         match stream.read(&mut buffer).await {
-            Ok(0) | Err(_) => return false,
+            Ok(0) | Err(_) => return None,
             Ok(n) => seen.extend_from_slice(&buffer[..n]),
         }
     }
