@@ -382,6 +382,26 @@ mod tests {
         })
     }
 
+    #[test]
+    fn outcomes_are_named_as_operators_read_them() {
+        let upstream = MpcAnswer {
+            status: 200,
+            body: None,
+        };
+        assert_eq!(
+            Outcome::Sent {
+                upstream: upstream.clone()
+            }
+            .as_str(),
+            "sent"
+        );
+        assert_eq!(Outcome::Rejected { upstream }.as_str(), "rejected");
+        let uncertain = Outcome::Uncertain {
+            reason: Uncertainty::Timeout,
+        };
+        assert_eq!(uncertain.as_str(), "uncertain");
+    }
+
     fn label(text: &str) -> Label {
         Label::parse(text).unwrap()
     }

@@ -208,6 +208,36 @@ async fn a_refused_connection_is_tried_again_then_502() {
 }
 
 #[tokio::test]
+async fn a_reconnect_that_would_overrun_the_timeout_is_not_attempted() {
+    let closed = crate::helpers::refusing_port();
+    let address = format!("http://127.0.0.1:{}", closed.port);
+    let app = spawn_app_with(move |settings| {
+        settings.upstream.base_url = address.parse().unwrap();
+        // The second pause (100 to 150 ms) no longer fits.
+        settings.upstream.timeout = Duration::from_millis(120);
+        settings.upstream.connect_timeout = Duration::from_millis(100);
+    })
+    .await;
+
+    assert_problem(
+        app.retrieve("A10cnQO").await,
+        502,
+        "urn:mpc-gateway:upstream-error",
+    )
+    .await;
+    assert_eq!(
+        app.metric("mpc_gateway_upstream_requests_total{result=\"timeout\"}")
+            .await,
+        0.0,
+        "no attempt begun past the deadline, to be taken for a call the MPC may have acted on"
+    );
+    let attempts = app
+        .metric("mpc_gateway_upstream_requests_total{result=\"connect_error\"}")
+        .await;
+    assert!((1.0..=2.0).contains(&attempts), "{attempts} attempts");
+}
+
+#[tokio::test]
 async fn calls_beyond_max_concurrent_wait_for_a_slot() {
     let app = spawn_app_with(|settings| {
         settings.upstream.max_concurrent = 1.try_into().unwrap();
