@@ -421,6 +421,16 @@ mod tests {
     }
 
     #[test]
+    fn empty_until_an_outcome_is_remembered() {
+        let dedup = dedup(Duration::from_secs(3600));
+        assert!(dedup.is_empty());
+        let l = label("A10cnQO");
+        lead(&dedup, &l).settle(accepted(), "alice".into()).unwrap();
+        assert!(!dedup.is_empty());
+        assert_eq!(dedup.len(), 1);
+    }
+
+    #[test]
     fn first_claim_leads_then_others_wait_then_it_is_remembered() {
         let dedup = dedup(Duration::from_secs(3600));
         let l = label("A10cnQO");

@@ -423,6 +423,22 @@ mod tests {
     }
 
     #[test]
+    fn the_log_line_says_how_a_call_ended() {
+        assert_eq!(
+            describe(&Ok(Reply::Accepted(answer(202)))),
+            "accepted (202)"
+        );
+        assert_eq!(
+            describe(&Ok(Reply::Rejected(answer(404)))),
+            "rejected (404)"
+        );
+        assert_eq!(
+            describe(&Err(UpstreamFailure::ServerError(answer(503)))),
+            "the MPC answered 503"
+        );
+    }
+
+    #[test]
     fn tls_config_builds_with_ring() {
         assert!(tls_config().crypto_provider().cipher_suites.len() > 1);
     }
