@@ -293,6 +293,15 @@ pub fn reset_on_drop(socket: &std::net::TcpStream) {
     assert_eq!(set, 0, "SO_LINGER is set");
 }
 
+/// The value of the series written exactly as `series` (name and labels)
+/// in a Prometheus exposition, if it is there.
+pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.parse().unwrap())
+}
+
 /// Admits `key` as `user` in `tier`.
 pub fn add_key(settings: &mut Settings, user: &str, key: &str, tier: &str) {
     settings.auth.keys.push(KeyEntry {
@@ -477,11 +486,7 @@ impl TestApp {
     /// The current value of a metric series, as `/metrics` shows it.
     pub async fn metric(&self, series: &str) -> f64 {
         let text = self.admin_get("/metrics").await.text().await.unwrap();
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no series {series}"))
-            .parse()
-            .unwrap()
+        metric_value(&text, series).unwrap_or_else(|| panic!("no series {series}"))
     }
 
     /// GETs a path on the public listener, without credentials.

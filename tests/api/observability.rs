@@ -23,12 +23,7 @@ async fn scrape(app: &TestApp) -> String {
 
 /// The value of the series written exactly as `series` (name and labels).
 fn value(exposition: &str, series: &str) -> f64 {
-    exposition
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no series {series}"))
-        .parse()
-        .unwrap()
+    crate::helpers::metric_value(exposition, series).unwrap_or_else(|| panic!("no series {series}"))
 }
 
 fn series(exposition: &str) -> BTreeSet<String> {

@@ -10,7 +10,7 @@ use mpc_action_gateway::identity::key_digest;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    add_key, add_tier, assert_problem, mpc_answers, run_binary, spawn_app_reloadable,
+    add_key, add_tier, assert_problem, metric_value, mpc_answers, run_binary, spawn_app_reloadable,
 };
 
 const ALICE: &str = "alice-key-0123456789";
@@ -212,10 +212,7 @@ async fn await_metric(admin: &str, series: &str, value: f64) {
             .text()
             .await
             .unwrap();
-        let read = text
-            .lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-            .and_then(|v| v.parse::<f64>().ok());
+        let read = metric_value(&text, series);
         if read == Some(value) {
             return;
         }
