@@ -21,8 +21,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use mpc_action_gateway::clock::MonotonicClock;
 use mpc_action_gateway::config::Settings;
 use mpc_action_gateway::dedup::Claim;
-use mpc_action_gateway::identity::key_digest;
-use mpc_action_gateway::label::Label;
+use mpc_action_gateway::domain::identity::key_digest;
+use mpc_action_gateway::domain::label::Label;
 use mpc_action_gateway::startup::Gateway;
 use mpc_action_gateway::upstream::{MpcAnswer, Reply};
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use mpc_action_gateway::config::DedupSettings;
 use mpc_action_gateway::dedup::{Claim, Dedup};
-use mpc_action_gateway::label::Label;
+use mpc_action_gateway::domain::label::Label;
 use mpc_action_gateway::upstream::{MpcAnswer, Reply};
 
 const ENTRIES: u64 = 1_000_000;

@@ -11,7 +11,7 @@ use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use criterion::{Criterion, criterion_group, criterion_main};
 use mpc_action_gateway::clock::MonotonicClock;
 use mpc_action_gateway::config::Settings;
-use mpc_action_gateway::identity::{Authenticator, key_digest};
+use mpc_action_gateway::domain::identity::{Authenticator, key_digest};
 use mpc_action_gateway::quota::Quotas;
 
 const TRACKED_USERS: u32 = 10_000;

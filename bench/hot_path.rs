@@ -7,7 +7,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use mpc_action_gateway::config::DedupSettings;
 use mpc_action_gateway::dedup::{Claim, Dedup};
-use mpc_action_gateway::label::Label;
+use mpc_action_gateway::domain::label::Label;
 use mpc_action_gateway::upstream::{MpcAnswer, Reply};
 
 fn label_parse(c: &mut Criterion) {

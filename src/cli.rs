@@ -11,10 +11,10 @@ use serde::Serialize;
 
 use crate::config::Settings;
 use crate::demo;
-use crate::identity::{generate_key, key_digest};
-use crate::label::Label;
+use crate::domain::identity::{generate_key, key_digest};
+use crate::domain::label::Label;
 use crate::startup::Application;
-use crate::telemetry;
+use crate::observe::logging;
 
 /// How long `healthcheck` waits for an answer.
 const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -93,7 +93,7 @@ fn load(config: Option<PathBuf>) -> Result<Settings, String> {
 
 fn serve(config: Option<PathBuf>) -> Result<(), String> {
     let settings = load(config.clone())?;
-    let level = telemetry::init(&settings.log);
+    let level = logging::init(&settings.log);
     actix_web::rt::System::new().block_on(async move {
         let application = Application::build(settings.clone()).map_err(|e| {
             tracing::error!(error = %e, "cannot start");
@@ -121,7 +121,7 @@ fn serve(config: Option<PathBuf>) -> Result<(), String> {
 
 fn demo(config: Option<PathBuf>) -> Result<(), String> {
     let settings = load(config.clone())?;
-    let level = telemetry::init(&settings.log);
+    let level = logging::init(&settings.log);
     actix_web::rt::System::new().block_on(async move {
         let (mpc_addr, mpc) = demo::simulated_mpc(demo::slow_answer_after(&settings))
             .map_err(|e| format!("cannot start the simulated MPC: {e}"))?;

@@ -8,9 +8,9 @@ use actix_web::web;
 use serde_json::Value;
 
 use crate::config::{ConfigError, Settings};
-use crate::identity::Authenticator;
+use crate::domain::identity::Authenticator;
 use crate::startup::AppState;
-use crate::telemetry::LevelHandle;
+use crate::observe::logging::LevelHandle;
 
 /// Reads the configuration again, from wherever the running one came from.
 pub type Loader = Box<dyn Fn() -> Result<Settings, ConfigError> + Send + Sync>;

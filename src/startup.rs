@@ -14,20 +14,20 @@ use arc_swap::ArcSwap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::audit::AuditLog;
+use crate::observe::audit::AuditLog;
 use crate::clock::{Clock, MonotonicClock};
 use crate::config::{Settings, UpstreamSettings};
 use crate::dedup::Dedup;
 use crate::dedup::persist::{self, Restored, StateFile};
-use crate::gate;
-use crate::identity::Authenticator;
-use crate::listener::{self, ConnectionLimits};
-use crate::metrics::Metrics;
+use crate::http::gate;
+use crate::domain::identity::Authenticator;
+use crate::http::listener::{self, ConnectionLimits};
+use crate::observe::metrics::Metrics;
 use crate::quota::Quotas;
 use crate::reload::{Loader, Reloader};
-use crate::routes;
-use crate::routes::admin::{AdminAccess, AdminState};
-use crate::telemetry::{LevelHandle, request_context};
+use crate::http::routes;
+use crate::http::routes::admin::{AdminAccess, AdminState};
+use crate::observe::logging::{LevelHandle, request_context};
 use crate::upstream::breaker::Breaker;
 use crate::upstream::{MpcClient, tls_config};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -692,7 +692,7 @@ mod tests {
     use super::*;
     use crate::config::DedupSettings;
     use crate::dedup::{Outcome, Remembered};
-    use crate::label::Label;
+    use crate::domain::label::Label;
     use crate::upstream::MpcAnswer;
 
     fn dedup_with_one_outcome() -> Arc<Dedup> {

@@ -5,9 +5,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mpc_action_gateway::label::Label;
-use mpc_action_gateway::problem::Problem;
-use mpc_action_gateway::routes::retrieve::decode_body;
+use mpc_action_gateway::domain::label::Label;
+use mpc_action_gateway::http::problem::Problem;
+use mpc_action_gateway::http::routes::retrieve::decode_body;
 use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {

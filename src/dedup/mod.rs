@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::config::DedupSettings;
-use crate::label::Label;
+use crate::domain::label::Label;
 use crate::upstream::{MpcAnswer, Reply, UpstreamFailure};
 
 /// What the MPC made of the last call for a label.

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{Dedup, Outcome, Remembered, Uncertainty};
-use crate::label::Label;
+use crate::domain::label::Label;
 use crate::upstream::MpcAnswer;
 
 /// Version of the file format; bump on any incompatible change.

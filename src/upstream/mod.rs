@@ -20,8 +20,8 @@ use serde_json::value::RawValue;
 use rand::Rng;
 
 use crate::config::UpstreamSettings;
-use crate::label::Label;
-use crate::metrics::Metrics;
+use crate::domain::label::Label;
+use crate::observe::metrics::Metrics;
 
 /// Largest MPC body kept (SPEC: 4 KiB); the real answers are a few hundred
 /// bytes, and every remembered outcome holds one.

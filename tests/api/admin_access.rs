@@ -14,10 +14,10 @@ use actix_web::dev::ServerHandle;
 use mpc_action_gateway::clock::MonotonicClock;
 use mpc_action_gateway::config::{LogFormat, Settings};
 use mpc_action_gateway::dedup::{Outcome, Remembered, Uncertainty};
-use mpc_action_gateway::identity::key_digest;
-use mpc_action_gateway::label::Label;
+use mpc_action_gateway::domain::identity::key_digest;
+use mpc_action_gateway::domain::label::Label;
 use mpc_action_gateway::startup::Gateway;
-use mpc_action_gateway::telemetry;
+use mpc_action_gateway::observe::logging;
 use serde_json::Value;
 
 use crate::helpers::{assert_problem, test_settings};
@@ -72,7 +72,7 @@ fn gateway(settings: &Settings) -> (Gateway, Captured) {
     let mut log = settings.log.clone();
     log.format = LogFormat::Json;
     let writer = captured.clone();
-    let subscriber = telemetry::subscriber(&log, move || writer.clone(), false);
+    let subscriber = logging::subscriber(&log, move || writer.clone(), false);
     let gateway = tracing::subscriber::with_default(subscriber, || {
         Gateway::new(settings, Arc::new(MonotonicClock::default()))
     })

@@ -78,7 +78,7 @@ async fn the_openapi_document_needs_no_identity_and_covers_the_api() {
 
 #[test]
 fn the_committed_openapi_document_is_the_generated_one() {
-    let generated = mpc_action_gateway::openapi::ApiDoc::openapi()
+    let generated = mpc_action_gateway::http::openapi::ApiDoc::openapi()
         .to_pretty_json()
         .unwrap()
         + "\n";

@@ -11,10 +11,10 @@ use mpc_action_gateway::clock::{Clock, MonotonicClock};
 use mpc_action_gateway::config::{
     ConfigError, KeyDigest, KeyEntry, LogFormat, Settings, TierSettings,
 };
-use mpc_action_gateway::identity::key_digest;
+use mpc_action_gateway::domain::identity::key_digest;
 use mpc_action_gateway::reload::Reloader;
 use mpc_action_gateway::startup::{Application, RunError, Stopper};
-use mpc_action_gateway::telemetry;
+use mpc_action_gateway::observe::logging;
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -80,7 +80,7 @@ fn log_buffer() -> &'static LogBuffer {
         let mut settings = test_settings("http://127.0.0.1:1").log;
         settings.format = LogFormat::Json;
         let writer = logs.clone();
-        let subscriber = telemetry::subscriber(&settings, move || writer.clone(), false);
+        let subscriber = logging::subscriber(&settings, move || writer.clone(), false);
         tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
         logs
     })

@@ -4,8 +4,8 @@
 use std::cell::RefCell;
 use std::collections::HashSet;
 
-use mpc_action_gateway::label::Label;
-use mpc_action_gateway::routes::retrieve::decode_body;
+use mpc_action_gateway::domain::label::Label;
+use mpc_action_gateway::http::routes::retrieve::decode_body;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

@@ -15,7 +15,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use serde::{Serialize, Serializer};
 
-use crate::problem::Problem;
+use crate::http::problem::Problem;
 
 /// The OpenAPI document, the one public route that needs no identity.
 pub const OPENAPI_ROUTE: &str = "/openapi.json";
@@ -67,7 +67,7 @@ pub fn public(cfg: &mut web::ServiceConfig) {
     )
     .service(
         resource(OPENAPI_ROUTE, OPENAPI_ROUTE)
-            .route(web::get().to(crate::openapi::document))
+            .route(web::get().to(crate::http::openapi::document))
             .default_service(web::to(|| method_not_allowed("GET"))),
     );
 }

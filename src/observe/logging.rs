@@ -17,14 +17,14 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
-use crate::audit::{AuditEntry, AuditLog};
+use crate::observe::audit::{AuditEntry, AuditLog};
 use crate::clock::{Clock, MonotonicClock, nanos};
 use crate::config::{LogFormat, LogLevel, LogSettings};
-use crate::identity::Identity;
-use crate::label::{Label, LabelKind};
-use crate::listener::ConnectionWatch;
-use crate::metrics::{Metrics, RetrievalDecision};
-use crate::routes::{RETRIEVE_ROUTE, template_of};
+use crate::domain::identity::Identity;
+use crate::domain::label::{Label, LabelKind};
+use crate::http::listener::ConnectionWatch;
+use crate::observe::metrics::{Metrics, RetrievalDecision};
+use crate::http::routes::{RETRIEVE_ROUTE, template_of};
 use crate::startup::Readiness;
 
 /// Header carrying the request id, in and out.

@@ -5,9 +5,9 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::label::{AcceptedFormat, LabelKind};
-use crate::problem::ProblemDocument;
-use crate::routes::{labels, retrieve};
+use crate::domain::label::{AcceptedFormat, LabelKind};
+use crate::http::problem::ProblemDocument;
+use crate::http::routes::{labels, retrieve};
 use crate::upstream::MpcAnswer;
 
 /// The public API's document.

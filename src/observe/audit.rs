@@ -534,7 +534,7 @@ mod tests {
                 .log
         };
         let writer = captured.clone();
-        let subscriber = crate::telemetry::subscriber(&settings, move || writer.clone(), false);
+        let subscriber = crate::observe::logging::subscriber(&settings, move || writer.clone(), false);
         let clock = Arc::new(FakeClock::default());
         let disk = FakeDisk::with_room(0);
         let failures = counter();

@@ -3,10 +3,10 @@
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use serde::Serialize;
 
-use crate::identity::Identity;
-use crate::label::{Label, LabelKind};
-use crate::problem::{Problem, ProblemDocument};
-use crate::routes::Timestamp;
+use crate::domain::identity::Identity;
+use crate::domain::label::{Label, LabelKind};
+use crate::http::problem::{Problem, ProblemDocument};
+use crate::http::routes::Timestamp;
 use crate::startup::AppState;
 use utoipa::ToSchema;
 

@@ -12,8 +12,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::label::LabelKind;
-use crate::routes::{TEMPLATES, UNMATCHED};
+use crate::domain::label::LabelKind;
+use crate::http::routes::{TEMPLATES, UNMATCHED};
 use crate::upstream::{Reply, UpstreamFailure};
 
 /// What became of one retrieve request.
@@ -524,7 +524,7 @@ fn retrieval_index(outcome: RetrievalOutcome, kind: Option<LabelKind>) -> usize 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routes::RETRIEVE_ROUTE;
+    use crate::http::routes::RETRIEVE_ROUTE;
 
     #[test]
     fn known_series_are_exported_at_zero() {

@@ -12,9 +12,9 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use crate::dedup::Uncertainty;
-use crate::identity::AuthError;
-use crate::label::{ACCEPTED_FORMATS, AcceptedFormat, LabelError};
-use crate::metrics::{RetrievalDecision, RetrievalOutcome};
+use crate::domain::identity::AuthError;
+use crate::domain::label::{ACCEPTED_FORMATS, AcceptedFormat, LabelError};
+use crate::observe::metrics::{RetrievalDecision, RetrievalOutcome};
 use crate::quota::{Refusal, whole_seconds};
 use crate::upstream::MpcAnswer;
 
@@ -440,7 +440,7 @@ impl ResponseError for Problem {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::label::Label;
+    use crate::domain::label::Label;
     use serde_json::{Value, json};
 
     impl Problem {

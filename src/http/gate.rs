@@ -10,10 +10,10 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, ResponseError, web};
 
-use crate::identity::{AuthError, Identity};
-use crate::problem::Problem;
+use crate::domain::identity::{AuthError, Identity};
+use crate::http::problem::Problem;
 use crate::quota::{Decision, Tier, whole_seconds};
-use crate::routes::OPENAPI_ROUTE;
+use crate::http::routes::OPENAPI_ROUTE;
 use crate::startup::AppState;
 
 /// Most header bytes (names and values) a public request may carry.

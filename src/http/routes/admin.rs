@@ -12,10 +12,10 @@ use subtle::ConstantTimeEq;
 
 use crate::config::{AdminSettings, KeyDigest};
 use crate::dedup::{Dedup, Outcome, Remembered};
-use crate::identity::bearer_token;
-use crate::label::{Label, LabelKind};
-use crate::problem::Problem;
-use crate::routes::Timestamp;
+use crate::domain::identity::bearer_token;
+use crate::domain::label::{Label, LabelKind};
+use crate::http::problem::Problem;
+use crate::http::routes::Timestamp;
 
 /// Who may use the `/admin/` routes, decided once from the settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,7 +4,7 @@ use actix_web::{HttpResponse, web};
 use serde_json::json;
 
 use crate::dedup::Dedup;
-use crate::metrics::Metrics;
+use crate::observe::metrics::Metrics;
 use crate::startup::Readiness;
 use crate::upstream::breaker::Breaker;
 

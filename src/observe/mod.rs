@@ -1,0 +1,5 @@
+//! Watching the gateway: logs, metrics and the audit trail.
+
+pub mod audit;
+pub mod logging;
+pub mod metrics;
