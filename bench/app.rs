@@ -18,7 +18,7 @@ use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::header;
 use actix_web::test::{TestRequest, init_service};
 use criterion::{Criterion, criterion_group, criterion_main};
-use mpc_action_gateway::clock::MonotonicClock;
+use mpc_action_gateway::clock::SystemClock;
 use mpc_action_gateway::config::Settings;
 use mpc_action_gateway::dedup::Claim;
 use mpc_action_gateway::domain::identity::key_digest;
@@ -69,17 +69,16 @@ where
 
 fn per_request(c: &mut Criterion) {
     let system = actix_web::rt::System::new();
-    let gateway = Gateway::new(&settings(), Arc::new(MonotonicClock::default())).unwrap();
-    let Claim::Lead(lease) = gateway.dedup().claim(&Label::parse(REMEMBERED).unwrap()) else {
+    let gateway = Gateway::new(&settings(), Arc::new(SystemClock)).unwrap();
+    let claim = system.block_on(gateway.dedup().claim(&Label::parse(REMEMBERED).unwrap()));
+    let Ok(Claim::Lead(lease)) = claim else {
         panic!("nothing is remembered yet");
     };
-    let _ = lease.settle(
-        Ok(Reply::Accepted(MpcAnswer::with_json(
-            200,
-            &serde_json::json!({"message": "queued"}),
-        ))),
-        "bench".into(),
-    );
+    let accepted = Ok(Reply::Accepted(MpcAnswer::with_json(
+        200,
+        &serde_json::json!({"message": "queued"}),
+    )));
+    let _ = system.block_on(lease.settle(&accepted, "bench".into()));
     let floor = system.block_on(init_service(floor_app::app()));
     let public = system.block_on(init_service(gateway.public_app()));
     for (label, status) in [(REMEMBERED, 200), (INVALID, 422)] {

@@ -6,6 +6,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
+use mpc_action_gateway::clock::SystemClock;
 use mpc_action_gateway::config::DedupSettings;
 use mpc_action_gateway::dedup::{Claim, Dedup};
 use mpc_action_gateway::domain::label::Label;
@@ -30,18 +32,22 @@ fn label(n: u64) -> Label {
 }
 
 fn fill(body: Option<serde_json::Value>) -> (u64, Duration) {
-    let dedup = Dedup::new(&DedupSettings {
-        sent_ttl: Duration::from_secs(3600),
-        rejected_ttl: Duration::from_secs(600),
-        uncertain_ttl: Duration::from_secs(120),
-        max_entries: (ENTRIES * 2).try_into().unwrap(),
-        state_file: Default::default(),
-    });
+    let dedup = Dedup::new(
+        &DedupSettings {
+            sent_ttl: Duration::from_secs(3600),
+            rejected_ttl: Duration::from_secs(600),
+            uncertain_ttl: Duration::from_secs(120),
+            max_entries: (ENTRIES * 2).try_into().unwrap(),
+            state_file: Default::default(),
+        },
+        Arc::new(SystemClock),
+    );
     let users: Vec<Arc<str>> = (0..100).map(|u| format!("user{u}").into()).collect();
     let before = rss_bytes();
     let started = Instant::now();
     for n in 0..ENTRIES {
-        let Claim::Lead(lease) = dedup.claim(&label(n)) else {
+        // The memory store answers at once: no runtime is needed.
+        let Some(Ok(Claim::Lead(lease))) = dedup.claim(&label(n)).now_or_never() else {
             panic!("every label is new");
         };
         let answer = match &body {
@@ -51,10 +57,12 @@ fn fill(body: Option<serde_json::Value>) -> (u64, Duration) {
                 body: None,
             },
         };
-        let _ = lease.settle(
-            Ok(Reply::Accepted(answer)),
-            users[(n % 100) as usize].clone(),
-        );
+        let _ = lease
+            .settle(
+                &Ok(Reply::Accepted(answer)),
+                users[(n % 100) as usize].clone(),
+            )
+            .now_or_never();
     }
     assert_eq!(dedup.len(), ENTRIES);
     let elapsed = started.elapsed();

@@ -5,7 +5,7 @@
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{App, HttpResponse, web};
-use mpc_action_gateway::startup::AppFactory;
+use mpc_action_gateway::http::AppFactory;
 
 /// The MPC's path, answered like the MPC answers it.
 pub const PATH: &str = "/api/action-codes/retrieve";

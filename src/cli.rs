@@ -13,8 +13,8 @@ use crate::config::Settings;
 use crate::demo;
 use crate::domain::identity::{generate_key, key_digest};
 use crate::domain::label::Label;
-use crate::startup::Application;
 use crate::observe::logging;
+use crate::startup::Application;
 
 /// How long `healthcheck` waits for an answer.
 const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(2);

@@ -11,5 +11,7 @@ pub mod http;
 pub mod observe;
 pub mod quota;
 pub mod reload;
+pub mod retrieval;
 pub mod startup;
+pub mod store;
 pub mod upstream;

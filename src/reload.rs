@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::config::{ConfigError, Settings};
 use crate::domain::identity::Authenticator;
-use crate::startup::AppState;
+use crate::http::state::AppState;
 use crate::observe::logging::LevelHandle;
 
 /// Reads the configuration again, from wherever the running one came from.

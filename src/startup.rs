@@ -3,10 +3,8 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use actix_web::body::BoxBody;
-use actix_web::dev::{Server, ServerHandle, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use arc_swap::ArcSwap;
@@ -14,20 +12,25 @@ use arc_swap::ArcSwap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::observe::audit::AuditLog;
-use crate::clock::{Clock, MonotonicClock};
+use crate::clock::{Clock, SystemClock};
 use crate::config::{Settings, UpstreamSettings};
 use crate::dedup::Dedup;
 use crate::dedup::persist::{self, Restored, StateFile};
-use crate::http::gate;
 use crate::domain::identity::Authenticator;
+use crate::http::AppFactory;
+use crate::http::context::request_context;
+use crate::http::gate;
 use crate::http::listener::{self, ConnectionLimits};
-use crate::observe::metrics::Metrics;
-use crate::quota::Quotas;
-use crate::reload::{Loader, Reloader};
 use crate::http::routes;
 use crate::http::routes::admin::{AdminAccess, AdminState};
-use crate::observe::logging::{LevelHandle, request_context};
+use crate::http::state::{AppState, Readiness};
+use crate::observe::audit::AuditLog;
+use crate::observe::logging::LevelHandle;
+use crate::observe::metrics::Metrics;
+use crate::observe::record::Observer;
+use crate::quota::Quotas;
+use crate::reload::{Loader, Reloader};
+use crate::retrieval::Retrieval;
 use crate::upstream::breaker::Breaker;
 use crate::upstream::{MpcClient, tls_config};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -45,65 +48,6 @@ const QUOTA_HOUSEKEEPING: Duration = Duration::from_secs(60);
 
 /// How often remembered outcomes are written to the state file (when changed).
 const SAVE_EVERY: Duration = Duration::from_secs(30);
-
-/// State shared by every worker of the public listener.
-pub struct AppState {
-    /// Cap on request bodies, from `server.max_body_bytes`.
-    pub max_body_bytes: usize,
-    /// Resolves callers to users and tiers; replaced whole on a reload.
-    pub authenticator: ArcSwap<Authenticator>,
-    /// Per-user limits and the courtesy budget.
-    pub quotas: Quotas,
-    /// Remembered outcomes and calls in flight.
-    pub dedup: Arc<Dedup>,
-    /// Every metric.
-    pub metrics: Arc<Metrics>,
-    /// Stops calling a failing MPC.
-    pub breaker: Arc<Breaker>,
-    /// One permit per MPC call allowed under way (`upstream.max_concurrent`).
-    pub mpc_slots: Arc<Semaphore>,
-    /// Longest wait for the MPC, a free call slot included.
-    pub upstream_timeout: Duration,
-}
-
-/// Whether the gateway is still taking work; flips once, at shutdown.
-#[derive(Debug, Default)]
-pub struct Readiness {
-    shutting_down: AtomicBool,
-    active: AtomicUsize,
-}
-
-/// A request being served; counted until dropped.
-pub struct Active<'a>(&'a Readiness);
-
-impl Drop for Active<'_> {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl Readiness {
-    /// Counts a request as being served until the guard is dropped.
-    pub fn enter(&self) -> Active<'_> {
-        self.active.fetch_add(1, Ordering::SeqCst);
-        Active(self)
-    }
-
-    /// Requests being served right now.
-    pub fn active(&self) -> usize {
-        self.active.load(Ordering::SeqCst)
-    }
-
-    /// Marks the start of shutdown; `/readyz` turns 503.
-    pub fn begin_shutdown(&self) {
-        self.shutting_down.store(true, Ordering::SeqCst);
-    }
-
-    /// Whether shutdown has begun.
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::SeqCst)
-    }
-}
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -169,29 +113,6 @@ pub enum RunError {
     },
 }
 
-/// The service an [`App`] of either listener builds.
-pub trait AppFactory:
-    ServiceFactory<
-        ServiceRequest,
-        Config = (),
-        Response = ServiceResponse<BoxBody>,
-        Error = actix_web::Error,
-        InitError = (),
-    >
-{
-}
-
-impl<T> AppFactory for T where
-    T: ServiceFactory<
-            ServiceRequest,
-            Config = (),
-            Response = ServiceResponse<BoxBody>,
-            Error = actix_web::Error,
-            InitError = (),
-        >
-{
-}
-
 /// What both listeners share, built once from the settings; each worker
 /// builds its apps from it.
 #[derive(Clone)]
@@ -208,7 +129,7 @@ pub struct Gateway {
 impl Gateway {
     /// Builds the shared state: limiters on `clock`, nothing remembered yet.
     pub fn new(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
-        let metrics = Arc::new(Metrics::new()?);
+        let metrics = Arc::new(Metrics::new(&routes::TEMPLATES, routes::UNMATCHED)?);
         let audit_path = settings.log.audit_file.get();
         let audit = AuditLog::open(
             audit_path,
@@ -222,7 +143,7 @@ impl Gateway {
             source,
         })?
         .simulated(settings.upstream.simulated);
-        let dedup = Dedup::new(&settings.dedup);
+        let dedup = Dedup::new(&settings.dedup, Arc::clone(&clock));
         let access = AdminAccess::from_settings(&settings.admin);
         if access == AdminAccess::Closed {
             tracing::warn!(
@@ -236,28 +157,41 @@ impl Gateway {
             dedup: Arc::clone(&dedup),
             access,
         };
+        let audit = Arc::new(audit);
+        let quotas = Arc::new(Quotas::new(
+            Arc::clone(&clock),
+            settings.upstream.max_per_minute,
+        ));
+        let breaker = Breaker::new(
+            Arc::clone(&clock),
+            settings.upstream.breaker_failures.get(),
+            settings.upstream.breaker_open_for,
+        );
+        let retrieval = Retrieval::new(
+            Arc::clone(&dedup),
+            Arc::clone(&breaker),
+            Arc::clone(&quotas),
+            Arc::new(Semaphore::new(settings.upstream.max_concurrent.get())),
+            settings.upstream.timeout,
+            Observer::new(Arc::clone(&metrics), Arc::clone(&audit), clock),
+        );
         let state = AppState {
             max_body_bytes: settings.server.max_body_bytes.get(),
             authenticator: ArcSwap::from_pointee(Authenticator::new(
                 &settings.auth,
                 &settings.quota,
             )),
-            quotas: Quotas::new(clock.clone(), settings.upstream.max_per_minute),
+            quotas,
             dedup,
             metrics: Arc::clone(&metrics),
-            breaker: Breaker::new(
-                clock,
-                settings.upstream.breaker_failures.get(),
-                settings.upstream.breaker_open_for,
-            ),
-            mpc_slots: Arc::new(Semaphore::new(settings.upstream.max_concurrent.get())),
-            upstream_timeout: settings.upstream.timeout,
+            breaker,
+            retrieval,
         };
         Ok(Self {
             state: web::Data::new(state),
             readiness: web::Data::new(Readiness::default()),
             metrics: web::Data::from(metrics),
-            audit: web::Data::new(audit),
+            audit: web::Data::from(audit),
             admin: web::Data::new(admin),
             upstream: settings.upstream.clone(),
             tls: tls_config(),
@@ -320,7 +254,7 @@ pub struct Application {
 impl Application {
     /// Binds both listeners (port 0 picks a free port) and builds the servers.
     pub fn build(settings: Settings) -> Result<Self, StartupError> {
-        Self::build_with_clock(settings, Arc::new(MonotonicClock::default()))
+        Self::build_with_clock(settings, Arc::new(SystemClock))
     }
 
     /// Like [`Application::build`], with the limiters on `clock`.
@@ -696,13 +630,16 @@ mod tests {
     use crate::upstream::MpcAnswer;
 
     fn dedup_with_one_outcome() -> Arc<Dedup> {
-        let dedup = Dedup::new(&DedupSettings {
-            sent_ttl: Duration::from_secs(3600),
-            rejected_ttl: Duration::from_secs(600),
-            uncertain_ttl: Duration::from_secs(120),
-            max_entries: 1000.try_into().unwrap(),
-            state_file: Default::default(),
-        });
+        let dedup = Dedup::new(
+            &DedupSettings {
+                sent_ttl: Duration::from_secs(3600),
+                rejected_ttl: Duration::from_secs(600),
+                uncertain_ttl: Duration::from_secs(120),
+                max_entries: 1000.try_into().unwrap(),
+                state_file: Default::default(),
+            },
+            Arc::new(SystemClock),
+        );
         let sent = Outcome::Sent {
             upstream: MpcAnswer {
                 status: 200,
@@ -711,7 +648,7 @@ mod tests {
         };
         let now = SystemTime::now();
         let remembered = Remembered::new(sent, now, now + Duration::from_secs(60), "bob".into());
-        dedup.store(Label::parse("A10cnQO").unwrap(), remembered);
+        assert!(dedup.restore(Label::parse("A10cnQO").unwrap(), remembered));
         dedup
     }
 
@@ -730,7 +667,10 @@ mod tests {
         let directory = dir.path().join("state");
         std::fs::create_dir(&directory).unwrap();
         let path = directory.join("state.json");
-        let (dedup, metrics) = (dedup_with_one_outcome(), Metrics::new().unwrap());
+        let (dedup, metrics) = (
+            dedup_with_one_outcome(),
+            Metrics::new(&routes::TEMPLATES, routes::UNMATCHED).unwrap(),
+        );
 
         assert_eq!(save(&path, &dedup, &metrics).await.unwrap(), 1);
         assert_eq!(
@@ -750,7 +690,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         let state_file = StateFile::open(&path).unwrap();
-        let (dedup, metrics) = (dedup_with_one_outcome(), Arc::new(Metrics::new().unwrap()));
+        let (dedup, metrics) = (
+            dedup_with_one_outcome(),
+            Arc::new(Metrics::new(&routes::TEMPLATES, routes::UNMATCHED).unwrap()),
+        );
         let (stop, stopped) = oneshot::channel();
         let job = tokio::spawn(keep_state_file(
             state_file,

@@ -1,144 +1,25 @@
 //! Remembered outcomes and coalescing: one MPC call per label per window,
 //! however many callers ask and whatever they do meanwhile.
 //!
-//! The interface is what a shared store for several replicas would also
-//! offer: [`Dedup::get`], [`Dedup::claim`] (remembered, wait for the call in
-//! flight, or lead a new one), [`Lease::settle`] (store and hand the result
-//! to the waiters), [`Dedup::forget`] and [`Dedup::snapshot`].
+//! This module is the policy: what is remembered for how long, and what may
+//! be tried again. Where outcomes and claims live is the store's business,
+//! behind [`DedupStore`]: [`memory`] here, a shared store for replicas.
 
+pub mod memory;
 pub mod persist;
+pub mod store;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
-use moka::sync::Cache;
-use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+pub use crate::domain::outcome::{Outcome, Remembered, Uncertainty};
+pub use store::{DedupStore, Settled, Waiter};
 
+use crate::clock::Clock;
 use crate::config::DedupSettings;
 use crate::domain::label::Label;
-use crate::upstream::{MpcAnswer, Reply, UpstreamFailure};
-
-/// What the MPC made of the last call for a label.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum Outcome {
-    /// The MPC accepted: the email is on its way.
-    Sent {
-        /// The MPC's answer.
-        upstream: MpcAnswer,
-    },
-    /// The MPC refused the label.
-    Rejected {
-        /// The MPC's answer.
-        upstream: MpcAnswer,
-    },
-    /// The MPC may or may not have acted.
-    Uncertain {
-        /// What went wrong.
-        reason: Uncertainty,
-    },
-}
-
-impl Outcome {
-    /// The outcome's name in admin answers and the state file.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::Sent { .. } => "sent",
-            Self::Rejected { .. } => "rejected",
-            Self::Uncertain { .. } => "uncertain",
-        }
-    }
-}
-
-/// Why an outcome is uncertain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Uncertainty {
-    /// No answer within `upstream.timeout`.
-    Timeout,
-    /// The connection failed after the request may have been sent.
-    ConnectionLost,
-}
-
-/// A remembered outcome: what happened, when, for whom, until when.
-/// Kept small and cheap to clone: there may be a million of them.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Remembered {
-    outcome: Outcome,
-    requested_at: UnixMillis,
-    expires_at: UnixMillis,
-    user: Arc<str>,
-}
-
-impl Remembered {
-    /// An outcome of a call made at `requested_at` by `user`, current until `expires_at`.
-    pub fn new(
-        outcome: Outcome,
-        requested_at: SystemTime,
-        expires_at: SystemTime,
-        user: Arc<str>,
-    ) -> Self {
-        Self {
-            outcome,
-            requested_at: UnixMillis::from(requested_at),
-            expires_at: UnixMillis::from(expires_at),
-            user,
-        }
-    }
-
-    /// What the MPC made of the call.
-    pub fn outcome(&self) -> &Outcome {
-        &self.outcome
-    }
-
-    /// When the MPC call was made.
-    pub fn requested_at(&self) -> SystemTime {
-        self.requested_at.into()
-    }
-
-    /// When the memory of it ends and the label may be forwarded again.
-    pub fn expires_at(&self) -> SystemTime {
-        self.expires_at.into()
-    }
-
-    /// The user whose request made the call.
-    pub fn user(&self) -> &str {
-        &self.user
-    }
-
-    /// Time left before the label may be forwarded again.
-    pub fn remaining(&self) -> Duration {
-        self.expires_at()
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO)
-    }
-}
-
-/// Wall-clock time in milliseconds since the Unix epoch: half a `SystemTime`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct UnixMillis(u64);
-
-impl From<SystemTime> for UnixMillis {
-    fn from(at: SystemTime) -> Self {
-        let since_epoch = at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO);
-        Self(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
-    }
-}
-
-impl From<UnixMillis> for SystemTime {
-    fn from(at: UnixMillis) -> Self {
-        SystemTime::UNIX_EPOCH + Duration::from_millis(at.0)
-    }
-}
-
-/// How an MPC call settled: remembered, or a failure that certainly sent nothing.
-pub type Settled = Result<Remembered, UpstreamFailure>;
+use crate::store::StoreError;
+use crate::upstream::{MpcResult, read};
 
 /// Per-outcome lifetimes.
 #[derive(Clone, Copy, Debug)]
@@ -152,6 +33,15 @@ pub struct Lifetimes {
 }
 
 impl Lifetimes {
+    /// The lifetimes set in `dedup.*_ttl`.
+    pub fn of_settings(settings: &DedupSettings) -> Self {
+        Self {
+            sent: settings.sent_ttl,
+            rejected: settings.rejected_ttl,
+            uncertain: settings.uncertain_ttl,
+        }
+    }
+
     fn of(&self, outcome: &Outcome) -> Duration {
         match outcome {
             Outcome::Sent { .. } => self.sent,
@@ -159,192 +49,152 @@ impl Lifetimes {
             Outcome::Uncertain { .. } => self.uncertain,
         }
     }
+
+    /// The longest of them: no outcome is kept past it.
+    pub fn longest(&self) -> Duration {
+        self.sent.max(self.rejected).max(self.uncertain)
+    }
 }
 
 /// What a caller gets when asking about a label.
 pub enum Claim {
     /// An outcome is remembered: answer from memory.
     Remembered(Remembered),
-    /// A call for the label is in flight: wait for its result.
+    /// A call for the label is under way: wait for its result.
     Wait(Waiter),
-    /// Nothing is known or in flight: this caller leads the call.
+    /// Nothing is known or under way: this caller leads the call.
     Lead(Lease),
-}
-
-/// A place in the queue behind a call in flight.
-pub struct Waiter(watch::Receiver<Option<Settled>>);
-
-impl Waiter {
-    /// The call's result, or `None` when its leader gave up before calling.
-    pub async fn settled(mut self) -> Option<Settled> {
-        match self.0.wait_for(Option::is_some).await {
-            Ok(settled) => settled.clone(),
-            Err(_) => None,
-        }
-    }
 }
 
 /// The right, and duty, to make the one MPC call for a label.
 pub struct Lease {
     dedup: Arc<Dedup>,
-    label: Label,
-    sender: Option<watch::Sender<Option<Settled>>>,
+    claim: Option<store::ClaimId>,
 }
 
 impl Lease {
-    /// Records the call's result, hands it to every waiter and ends the lease.
-    pub fn settle(mut self, result: Result<Reply, UpstreamFailure>, user: Arc<str>) -> Settled {
-        let settled = self.dedup.remember(&self.label, result, user);
-        // Store first, then leave the in-flight map: a newcomer finds one or the other.
-        self.dedup.inflight.remove(&self.label);
-        if let Some(sender) = self.sender.take() {
-            sender.send_replace(Some(settled.clone()));
-        }
-        settled
-    }
-
     /// The label the lease is for.
     pub fn label(&self) -> &Label {
-        &self.label
+        self.claim
+            .as_ref()
+            .expect("a lease holds its claim until it settles")
+            .label()
+    }
+
+    /// Confirms that the claim is still this lease's: call the MPC only then.
+    pub async fn begin_call(&self) -> Result<(), StoreError> {
+        match &self.claim {
+            Some(claim) => self.dedup.store.begin_call(claim).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Records what the call came to, hands it to every waiter and ends the
+    /// lease: an outcome the MPC may have acted on is remembered for its
+    /// lifetime; a failure that certainly sent nothing is only handed on.
+    pub async fn settle(mut self, result: &MpcResult, user: Arc<str>) -> Settled {
+        let settled = match (read(result).outcome, result) {
+            (Some(outcome), _) => {
+                let requested_at = self.dedup.clock.system_time();
+                let expires_at = requested_at + self.dedup.lifetimes.of(&outcome);
+                Ok(Remembered::new(outcome, requested_at, expires_at, user))
+            }
+            (None, Err(failure)) => Err(failure.clone()),
+            (None, Ok(_)) => unreachable!("every MPC answer is remembered"),
+        };
+        let claim = self.claim.take().expect("a lease settles once");
+        if let Err(error) = self.dedup.store.settle(claim, settled.clone()).await {
+            tracing::error!(%error, "the outcome of an MPC call could not be stored");
+        }
+        settled
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if self.sender.is_some() {
+        if let Some(claim) = self.claim.take() {
             // Given up before calling (quota, budget, breaker): waiters retry.
-            self.dedup.inflight.remove(&self.label);
+            self.dedup.store.release(claim);
         }
     }
 }
 
-/// The remembered outcomes and the calls in flight.
+/// The dedup policy over a store of outcomes and claims.
 pub struct Dedup {
-    cache: Cache<Label, Remembered>,
-    inflight: DashMap<Label, watch::Receiver<Option<Settled>>>,
+    store: Arc<dyn DedupStore>,
     lifetimes: Lifetimes,
     max_entries: u64,
-    changes: AtomicU64,
+    clock: Arc<dyn Clock>,
 }
 
 impl Dedup {
-    /// An empty memory bounded by `dedup.max_entries`.
-    pub fn new(settings: &DedupSettings) -> Arc<Self> {
-        let lifetimes = Lifetimes {
-            sent: settings.sent_ttl,
-            rejected: settings.rejected_ttl,
-            uncertain: settings.uncertain_ttl,
-        };
-        // One lifetime for the cache keeps moka's per-entry bookkeeping small
-        // (no timer wheel); shorter-lived outcomes are judged by their own
-        // `expires_at` on every read and linger unseen until moka drops them.
-        let longest = lifetimes
-            .sent
-            .max(lifetimes.rejected)
-            .max(lifetimes.uncertain);
-        let cache = Cache::builder()
-            .max_capacity(settings.max_entries.get())
-            .time_to_live(longest)
-            .build();
+    /// An empty memory bounded by `dedup.max_entries`, on `clock`.
+    pub fn new(settings: &DedupSettings, clock: Arc<dyn Clock>) -> Arc<Self> {
+        let lifetimes = Lifetimes::of_settings(settings);
+        let max_entries = settings.max_entries.get();
+        let store = memory::MemoryStore::new(clock.clone(), max_entries, lifetimes.longest());
+        Self::with_store(Arc::new(store), lifetimes, max_entries, clock)
+    }
+
+    /// The policy over `store`.
+    pub fn with_store(
+        store: Arc<dyn DedupStore>,
+        lifetimes: Lifetimes,
+        max_entries: u64,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<Self> {
         Arc::new(Self {
-            cache,
-            inflight: DashMap::new(),
+            store,
             lifetimes,
-            max_entries: settings.max_entries.get(),
-            changes: AtomicU64::new(0),
+            max_entries,
+            clock,
         })
     }
 
     /// The remembered outcome for `label`, if any is current.
-    pub fn get(&self, label: &Label) -> Option<Remembered> {
-        self.cache
-            .get(label)
-            .filter(|remembered| !remembered.remaining().is_zero())
+    pub async fn get(&self, label: &Label) -> Result<Option<Remembered>, StoreError> {
+        self.store.get(label).await
     }
 
     /// Remembered, wait, or lead: decided atomically per label.
-    pub fn claim(self: &Arc<Self>, label: &Label) -> Claim {
-        if let Some(remembered) = self.get(label) {
-            return Claim::Remembered(remembered);
-        }
-        match self.inflight.entry(label.clone()) {
-            Entry::Occupied(call) => Claim::Wait(Waiter(call.get().clone())),
-            Entry::Vacant(slot) => {
-                // The call may have settled since the first look.
-                if let Some(remembered) = self.get(label) {
-                    return Claim::Remembered(remembered);
-                }
-                let (sender, receiver) = watch::channel(None);
-                slot.insert(receiver);
-                Claim::Lead(Lease {
+    pub async fn claim(self: &Arc<Self>, label: &Label) -> Result<Claim, StoreError> {
+        // A claim whose holder vanished mid-call may have emailed: it keeps
+        // the label as long as an uncertain outcome would.
+        Ok(
+            match self.store.claim(label, self.lifetimes.uncertain).await? {
+                store::Claim::Remembered(remembered) => Claim::Remembered(remembered),
+                store::Claim::Wait(waiter) => Claim::Wait(waiter),
+                store::Claim::Lead(claim) => Claim::Lead(Lease {
                     dedup: Arc::clone(self),
-                    label: label.clone(),
-                    sender: Some(sender),
-                })
-            }
-        }
-    }
-
-    fn remember(
-        &self,
-        label: &Label,
-        result: Result<Reply, UpstreamFailure>,
-        user: Arc<str>,
-    ) -> Settled {
-        let outcome = match result {
-            Ok(Reply::Accepted(upstream)) => Outcome::Sent { upstream },
-            Ok(Reply::Rejected(upstream)) => Outcome::Rejected { upstream },
-            Err(UpstreamFailure::Timeout(_)) => Outcome::Uncertain {
-                reason: Uncertainty::Timeout,
+                    claim: Some(claim),
+                }),
             },
-            // A 1xx or 3xx answer means the MPC read the request, as a lost
-            // connection may: either could have sent an email.
-            Err(UpstreamFailure::ConnectionLost(_) | UpstreamFailure::UnexpectedStatus(_)) => {
-                Outcome::Uncertain {
-                    reason: Uncertainty::ConnectionLost,
-                }
-            }
-            // Certainly nothing was sent: the next request tries again.
-            Err(failure) => return Err(failure),
-        };
-        let requested_at = SystemTime::now();
-        let expires_at = requested_at + self.lifetimes.of(&outcome);
-        let remembered = Remembered::new(outcome, requested_at, expires_at, user);
-        self.store(label.clone(), remembered.clone());
-        Ok(remembered)
+        )
     }
 
-    /// Stores an outcome as is (used when loading saved state).
-    pub fn store(&self, label: Label, remembered: Remembered) {
-        if remembered.remaining().is_zero() {
-            return;
-        }
-        self.cache.insert(label, remembered);
-        self.changes.fetch_add(1, Ordering::Relaxed);
+    /// Puts a saved outcome back (loading the state file), unless one is current.
+    pub fn restore(&self, label: Label, remembered: Remembered) -> bool {
+        self.store.restore(label, remembered)
     }
 
     /// Forgets `label`, so that the next request is forwarded again.
-    pub fn forget(&self, label: &Label) -> Option<Remembered> {
-        let forgotten = self.cache.remove(label);
-        if forgotten.is_some() {
-            self.changes.fetch_add(1, Ordering::Relaxed);
-        }
-        forgotten
+    pub async fn forget(&self, label: &Label) -> Result<Option<Remembered>, StoreError> {
+        self.store.forget(label).await
     }
 
-    /// Every outcome still remembered.
+    /// Every outcome still remembered here.
     pub fn snapshot(&self) -> Vec<(Label, Remembered)> {
-        self.cache
-            .iter()
-            .filter(|(_, remembered)| !remembered.remaining().is_zero())
-            .map(|(label, remembered)| (Label::clone(&label), remembered))
-            .collect()
+        self.store.snapshot()
+    }
+
+    /// The time on the gateway's clock, against which outcomes expire.
+    pub fn now(&self) -> SystemTime {
+        self.clock.system_time()
     }
 
     /// How many outcomes are remembered (after pending housekeeping).
     pub fn len(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
+        self.store.len()
     }
 
     /// Whether nothing is remembered.
@@ -359,28 +209,21 @@ impl Dedup {
 
     /// How many MPC calls are in flight.
     pub fn in_flight(&self) -> usize {
-        self.inflight.len()
+        self.store.in_flight()
     }
 
     /// A counter that moves whenever the remembered set changes.
     pub fn changes(&self) -> u64 {
-        self.changes.load(Ordering::Relaxed)
+        self.store.changes()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn dedup(sent: Duration) -> Arc<Dedup> {
-        Dedup::new(&DedupSettings {
-            sent_ttl: sent,
-            rejected_ttl: Duration::from_secs(60),
-            uncertain_ttl: Duration::from_secs(120),
-            max_entries: 1000.try_into().unwrap(),
-            state_file: Default::default(),
-        })
-    }
+    use crate::clock::FakeClock;
+    use crate::domain::outcome::MpcAnswer;
+    use crate::upstream::Reply;
 
     #[test]
     fn outcomes_are_named_as_operators_read_them() {
@@ -388,13 +231,10 @@ mod tests {
             status: 200,
             body: None,
         };
-        assert_eq!(
-            Outcome::Sent {
-                upstream: upstream.clone()
-            }
-            .as_str(),
-            "sent"
-        );
+        let sent = Outcome::Sent {
+            upstream: upstream.clone(),
+        };
+        assert_eq!(sent.as_str(), "sent");
         assert_eq!(Outcome::Rejected { upstream }.as_str(), "rejected");
         let uncertain = Outcome::Uncertain {
             reason: Uncertainty::Timeout,
@@ -402,154 +242,28 @@ mod tests {
         assert_eq!(uncertain.as_str(), "uncertain");
     }
 
-    fn label(text: &str) -> Label {
-        Label::parse(text).unwrap()
-    }
-
-    fn accepted() -> Result<Reply, UpstreamFailure> {
-        Ok(Reply::Accepted(MpcAnswer {
+    #[tokio::test]
+    async fn empty_until_an_outcome_is_remembered() {
+        let settings = DedupSettings {
+            sent_ttl: Duration::from_secs(3600),
+            rejected_ttl: Duration::from_secs(60),
+            uncertain_ttl: Duration::from_secs(120),
+            max_entries: 1000.try_into().unwrap(),
+            state_file: Default::default(),
+        };
+        let dedup = Dedup::new(&settings, Arc::new(FakeClock::default()));
+        assert!(dedup.is_empty());
+        assert_eq!(dedup.max_entries(), 1000);
+        let Ok(Claim::Lead(lease)) = dedup.claim(&Label::parse("A10cnQO").unwrap()).await else {
+            panic!("expected to lead")
+        };
+        assert_eq!(lease.label().as_str(), "A10cnQO");
+        let accepted = Ok(Reply::Accepted(MpcAnswer {
             status: 200,
             body: None,
-        }))
-    }
-
-    fn lead(dedup: &Arc<Dedup>, l: &Label) -> Lease {
-        match dedup.claim(l) {
-            Claim::Lead(lease) => lease,
-            _ => panic!("expected to lead"),
-        }
-    }
-
-    #[test]
-    fn empty_until_an_outcome_is_remembered() {
-        let dedup = dedup(Duration::from_secs(3600));
-        assert!(dedup.is_empty());
-        let l = label("A10cnQO");
-        lead(&dedup, &l).settle(accepted(), "alice".into()).unwrap();
+        }));
+        lease.settle(&accepted, "alice".into()).await.unwrap();
         assert!(!dedup.is_empty());
         assert_eq!(dedup.len(), 1);
-    }
-
-    #[test]
-    fn first_claim_leads_then_others_wait_then_it_is_remembered() {
-        let dedup = dedup(Duration::from_secs(3600));
-        let l = label("A10cnQO");
-        let lease = lead(&dedup, &l);
-        let Claim::Wait(waiter) = dedup.claim(&l) else {
-            panic!("expected to wait")
-        };
-        let settled = lease.settle(accepted(), "alice".into()).unwrap();
-        assert_eq!(settled.user(), "alice");
-        assert_eq!(dedup.in_flight(), 0);
-
-        let shared = futures_util::FutureExt::now_or_never(waiter.settled())
-            .flatten()
-            .unwrap()
-            .unwrap();
-        assert_eq!(shared, settled, "the waiter gets the same result");
-        let Claim::Remembered(remembered) = dedup.claim(&l) else {
-            panic!("expected a remembered outcome")
-        };
-        assert!(matches!(remembered.outcome(), Outcome::Sent { .. }));
-        let ttl = remembered
-            .expires_at()
-            .duration_since(remembered.requested_at())
-            .unwrap();
-        assert_eq!(ttl, Duration::from_secs(3600));
-    }
-
-    #[test]
-    fn a_lease_given_up_releases_the_waiters() {
-        let dedup = dedup(Duration::from_secs(3600));
-        let l = label("A10cnQO");
-        let lease = lead(&dedup, &l);
-        let Claim::Wait(waiter) = dedup.claim(&l) else {
-            panic!("expected to wait")
-        };
-        drop(lease);
-        let settled = futures_util::FutureExt::now_or_never(waiter.settled()).unwrap();
-        assert!(settled.is_none(), "the waiter is told to try again");
-        lead(&dedup, &l);
-    }
-
-    #[test]
-    fn each_outcome_has_its_lifetime_and_certain_failures_are_not_stored() {
-        let dedup = dedup(Duration::from_secs(3600));
-        let cases: [(Result<Reply, UpstreamFailure>, Option<u64>); 5] = [
-            (
-                Ok(Reply::Rejected(MpcAnswer {
-                    status: 404,
-                    body: None,
-                })),
-                Some(60),
-            ),
-            (
-                Err(UpstreamFailure::Timeout(Duration::from_secs(1))),
-                Some(120),
-            ),
-            (
-                Err(UpstreamFailure::ConnectionLost("reset".into())),
-                Some(120),
-            ),
-            (
-                Err(UpstreamFailure::ServerError(MpcAnswer {
-                    status: 500,
-                    body: None,
-                })),
-                None,
-            ),
-            (Err(UpstreamFailure::NotConnected("refused".into())), None),
-        ];
-        for (index, (result, ttl)) in cases.into_iter().enumerate() {
-            let l = label(&format!("LABEL{index}"));
-            let settled = lead(&dedup, &l).settle(result, "alice".into());
-            match ttl {
-                Some(seconds) => {
-                    let remembered = settled.unwrap();
-                    let lifetime = remembered
-                        .expires_at()
-                        .duration_since(remembered.requested_at())
-                        .unwrap();
-                    assert_eq!(lifetime, Duration::from_secs(seconds), "case {index}");
-                    assert!(dedup.get(&l).is_some());
-                }
-                None => {
-                    assert!(settled.is_err());
-                    assert!(
-                        dedup.get(&l).is_none(),
-                        "case {index} must not be remembered"
-                    );
-                    lead(&dedup, &l);
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn outcomes_expire() {
-        let dedup = dedup(Duration::from_millis(50));
-        let l = label("A10cnQO");
-        lead(&dedup, &l).settle(accepted(), "alice".into()).unwrap();
-        assert!(dedup.get(&l).is_some());
-        std::thread::sleep(Duration::from_millis(80));
-        assert!(dedup.get(&l).is_none());
-        lead(&dedup, &l);
-    }
-
-    #[test]
-    fn forget_and_snapshot() {
-        let dedup = dedup(Duration::from_secs(3600));
-        for text in ["A10cnQO", "A10cnQP"] {
-            lead(&dedup, &label(text))
-                .settle(accepted(), "alice".into())
-                .unwrap();
-        }
-        let before = dedup.changes();
-        assert_eq!(dedup.snapshot().len(), 2);
-        assert!(dedup.forget(&label("A10cnQO")).is_some());
-        assert!(dedup.forget(&label("A10cnQO")).is_none());
-        assert_eq!(dedup.len(), 1);
-        assert!(dedup.changes() > before);
-        lead(&dedup, &label("A10cnQO"));
     }
 }

@@ -199,7 +199,9 @@ pub fn load(path: &Path, dedup: &Dedup) -> Result<Loaded, LoadError> {
             .map_err(|error| error.to_string())
             .and_then(Entry::into_remembered);
         match parsed {
-            Ok((_, remembered)) if remembered.remaining().is_zero() => loaded.expired += 1,
+            Ok((_, remembered)) if remembered.remaining(dedup.now()).is_zero() => {
+                loaded.expired += 1
+            }
             Ok((label, remembered)) => current.push((index, label, remembered)),
             Err(reason) => loaded.skip(index, reason),
         }
@@ -207,13 +209,13 @@ pub fn load(path: &Path, dedup: &Dedup) -> Result<Loaded, LoadError> {
     // Over the bound, the most recent calls are the ones worth remembering.
     current.sort_by_key(|(_, _, remembered)| Reverse(remembered.requested_at()));
     let bound = usize::try_from(dedup.max_entries()).unwrap_or(usize::MAX);
+    let mut seen = std::collections::HashSet::with_capacity(current.len());
     for (index, label, remembered) in current {
-        if dedup.get(&label).is_some() {
+        if !seen.insert(label.clone()) {
             loaded.skip(index, format!("label {label} repeated"));
         } else if loaded.kept == bound {
             loaded.over_bound += 1;
-        } else {
-            dedup.store(label, remembered);
+        } else if dedup.restore(label, remembered) {
             loaded.kept += 1;
         }
     }
@@ -442,20 +444,28 @@ mod tests {
     use std::time::Duration;
 
     fn dedup() -> Arc<Dedup> {
-        Dedup::new(&DedupSettings {
-            sent_ttl: Duration::from_secs(3600),
-            rejected_ttl: Duration::from_secs(600),
-            uncertain_ttl: Duration::from_secs(120),
-            max_entries: 1000.try_into().unwrap(),
-            state_file: Default::default(),
-        })
+        Dedup::new(
+            &DedupSettings {
+                sent_ttl: Duration::from_secs(3600),
+                rejected_ttl: Duration::from_secs(600),
+                uncertain_ttl: Duration::from_secs(120),
+                max_entries: 1000.try_into().unwrap(),
+                state_file: Default::default(),
+            },
+            Arc::new(crate::clock::SystemClock),
+        )
+    }
+
+    /// The memory store answers at once: its futures need no runtime.
+    fn ready<T>(future: impl std::future::Future<Output = T>) -> T {
+        futures_util::FutureExt::now_or_never(future).expect("the memory store answers at once")
     }
 
     fn settle(dedup: &Arc<Dedup>, text: &str, result: Result<Reply, UpstreamFailure>) {
-        let Claim::Lead(lease) = dedup.claim(&Label::parse(text).unwrap()) else {
+        let Ok(Claim::Lead(lease)) = ready(dedup.claim(&Label::parse(text).unwrap())) else {
             panic!("expected to lead");
         };
-        let _ = lease.settle(result, "alice".into());
+        let _ = ready(lease.settle(&result, "alice".into()));
     }
 
     #[test]
@@ -475,14 +485,19 @@ mod tests {
 
         let after = dedup();
         assert_eq!(load(&path, &after).unwrap().kept, 2);
-        let sent = after.get(&Label::parse("A10cnQO").unwrap()).unwrap();
-        let original = before.get(&Label::parse("A10cnQO").unwrap()).unwrap();
+        let sent = ready(after.get(&Label::parse("A10cnQO").unwrap()))
+            .unwrap()
+            .unwrap();
+        let original = ready(before.get(&Label::parse("A10cnQO").unwrap()))
+            .unwrap()
+            .unwrap();
         assert_eq!(sent.outcome(), &Outcome::Sent { upstream: answer });
         assert_eq!(sent.user(), "alice");
         assert_eq!(sent, original);
-        let uncertain = after
-            .get(&Label::parse("2024-05-02T21:03:35.001_0000FzZw").unwrap())
-            .unwrap();
+        let uncertain =
+            ready(after.get(&Label::parse("2024-05-02T21:03:35.001_0000FzZw").unwrap()))
+                .unwrap()
+                .unwrap();
         assert_eq!(
             uncertain.outcome(),
             &Outcome::Uncertain {
@@ -566,17 +581,24 @@ mod tests {
         let loaded = load(&path, &target).unwrap();
         assert_eq!(loaded.kept, 1);
         assert_eq!((loaded.expired, loaded.malformed), (1, 1));
-        assert!(target.get(&Label::parse("A10cnQO").unwrap()).is_some());
+        assert!(
+            ready(target.get(&Label::parse("A10cnQO").unwrap()))
+                .unwrap()
+                .is_some()
+        );
     }
 
     fn bounded_dedup(max_entries: u64) -> Arc<Dedup> {
-        Dedup::new(&DedupSettings {
-            sent_ttl: Duration::from_secs(3600),
-            rejected_ttl: Duration::from_secs(600),
-            uncertain_ttl: Duration::from_secs(120),
-            max_entries: max_entries.try_into().unwrap(),
-            state_file: Default::default(),
-        })
+        Dedup::new(
+            &DedupSettings {
+                sent_ttl: Duration::from_secs(3600),
+                rejected_ttl: Duration::from_secs(600),
+                uncertain_ttl: Duration::from_secs(120),
+                max_entries: max_entries.try_into().unwrap(),
+                state_file: Default::default(),
+            },
+            Arc::new(crate::clock::SystemClock),
+        )
     }
 
     /// A sent outcome for `label` by `user`, requested `age` ago and current for an hour more.
@@ -616,13 +638,17 @@ mod tests {
         assert_eq!((loaded.kept, loaded.over_bound), (3, 2));
         for newest in ["LABEL30", "LABEL20", "LABEL10"] {
             assert!(
-                target.get(&Label::parse(newest).unwrap()).is_some(),
+                ready(target.get(&Label::parse(newest).unwrap()))
+                    .unwrap()
+                    .is_some(),
                 "{newest}"
             );
         }
         for oldest in ["LABEL50", "LABEL40"] {
             assert!(
-                target.get(&Label::parse(oldest).unwrap()).is_none(),
+                ready(target.get(&Label::parse(oldest).unwrap()))
+                    .unwrap()
+                    .is_none(),
                 "{oldest}"
             );
         }
@@ -653,9 +679,15 @@ mod tests {
         let (first, reason) = loaded.first_malformed.unwrap();
         assert_eq!(first, 1);
         assert!(reason.contains("user"), "{reason}");
-        let kept = target.get(&Label::parse("A10cnQO").unwrap()).unwrap();
+        let kept = ready(target.get(&Label::parse("A10cnQO").unwrap()))
+            .unwrap()
+            .unwrap();
         assert_eq!(kept.user(), "carol");
-        assert!(target.get(&Label::parse("A10cnQP").unwrap()).is_some());
+        assert!(
+            ready(target.get(&Label::parse("A10cnQP").unwrap()))
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]

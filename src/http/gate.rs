@@ -11,10 +11,13 @@ use actix_web::middleware::Next;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, ResponseError, web};
 
 use crate::domain::identity::{AuthError, Identity};
+use crate::http::context::Notes;
 use crate::http::problem::Problem;
+use crate::http::routes::retrieve::refused_at_edge;
+use crate::http::routes::{OPENAPI_ROUTE, RETRIEVE_ROUTE, template_of};
+use crate::http::state::AppState;
+use crate::observe::record::Asker;
 use crate::quota::{Decision, Tier, whole_seconds};
-use crate::http::routes::OPENAPI_ROUTE;
-use crate::startup::AppState;
 
 /// Most header bytes (names and values) a public request may carry.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -46,35 +49,58 @@ pub async fn admit(
         let problem = Problem::HeadersTooLarge {
             limit: MAX_HEADER_BYTES,
         };
-        return Ok(refuse(req, problem));
+        return Ok(refuse(req, &state, None, problem));
     }
     let peer = req.peer_addr().map(|addr| addr.ip());
     let identity = match state.authenticator.load().identify(req.headers(), peer) {
         Ok(identity) => identity,
-        Err(error) => return Ok(refuse(req, Problem::Unauthenticated(error))),
+        Err(error) => return Ok(refuse(req, &state, None, Problem::Unauthenticated(error))),
     };
+    if let Some(notes) = req.extensions().get::<Notes>() {
+        notes.user(identity.shared_user());
+    }
 
     let admitted = state.quotas.admit_request(identity.user(), identity.tier());
     req.extensions_mut().insert(identity.clone());
     let mut response = match admitted {
         Ok(()) => next.call(req).await?.map_into_boxed_body(),
         Err(refusal) => {
-            state.metrics.quota_rejected(refusal.limit.as_str());
-            refuse(req, Problem::QuotaExceeded(refusal))
+            state.metrics.quota_rejected(refusal.limit);
+            let problem = Problem::QuotaExceeded(refusal);
+            refuse(req, &state, Some(identity.user()), problem)
         }
     };
 
-    let status = state
+    // A store that cannot say leaves the fields out rather than guess them.
+    if let Ok(status) = state
         .quotas
-        .upstream_status(identity.user(), identity.tier());
-    let headers = response.headers_mut();
-    let (policy, remaining) = ratelimit_fields(identity.tier(), &status);
-    headers.insert(RATELIMIT_POLICY, policy);
-    headers.insert(RATELIMIT, remaining);
+        .upstream_status(identity.user(), identity.tier())
+        .await
+    {
+        let headers = response.headers_mut();
+        let (policy, remaining) = ratelimit_fields(identity.tier(), &status);
+        headers.insert(RATELIMIT_POLICY, policy);
+        headers.insert(RATELIMIT, remaining);
+    }
     Ok(response)
 }
 
-fn refuse(req: ServiceRequest, problem: Problem) -> ServiceResponse<BoxBody> {
+/// Answers `problem`; on a retrieval route the refusal is also a retrieval decision.
+fn refuse(
+    req: ServiceRequest,
+    state: &AppState,
+    user: Option<&str>,
+    problem: Problem,
+) -> ServiceResponse<BoxBody> {
+    if template_of(req.request()) == RETRIEVE_ROUTE
+        && let Some(notes) = req.extensions().get::<Notes>()
+    {
+        let asker = Asker {
+            request_id: notes.request_id(),
+            user,
+        };
+        refused_at_edge(state, notes, asker, &problem);
+    }
     req.into_response(problem.error_response())
 }
 

@@ -25,7 +25,7 @@ use actix_web::rt::net::TcpStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::startup::AppFactory;
+use crate::http::AppFactory;
 
 /// How often a connection's clocks are checked; deadlines count whole ticks.
 const TICK: Duration = Duration::from_secs(1);

@@ -11,12 +11,12 @@ use utoipa::ToSchema;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use crate::dedup::Uncertainty;
 use crate::domain::identity::AuthError;
 use crate::domain::label::{ACCEPTED_FORMATS, AcceptedFormat, LabelError};
-use crate::observe::metrics::{RetrievalDecision, RetrievalOutcome};
+use crate::domain::outcome::{MpcAnswer, RetrievalOutcome, Uncertainty};
 use crate::quota::{Refusal, whole_seconds};
-use crate::upstream::MpcAnswer;
+use crate::retrieval::Refused;
+use crate::store::StoreError;
 
 /// Media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -71,6 +71,12 @@ pub enum Problem {
         /// When the budget admits again.
         retry_after: Duration,
     },
+    /// The shared store could not be used: the label could not be claimed.
+    #[error("shared store unavailable")]
+    StoreUnavailable {
+        /// When to try again.
+        retry_after: Duration,
+    },
     /// The MPC answered 4xx.
     #[error("the MPC refused the label with status {}", .0.status)]
     UpstreamRejected(MpcAnswer),
@@ -107,63 +113,123 @@ pub enum Problem {
 }
 
 impl Problem {
-    /// The `type` URI; fixed by the contract.
-    pub fn type_uri(&self) -> &'static str {
+    /// The problem's row in the contract: status, `type` URI and title.
+    fn kind(&self) -> (StatusCode, &'static str, &'static str) {
+        const BAD_GATEWAY: StatusCode = StatusCode::BAD_GATEWAY;
+        const UNAVAILABLE: StatusCode = StatusCode::SERVICE_UNAVAILABLE;
         match self {
-            Self::MalformedRequest(_) => "urn:mpc-gateway:malformed-request",
-            Self::PayloadTooLarge { .. } => "urn:mpc-gateway:payload-too-large",
-            Self::UnsupportedMediaType(_) => "urn:mpc-gateway:unsupported-media-type",
-            Self::InvalidLabel { .. } => "urn:mpc-gateway:invalid-label",
-            Self::Unauthenticated(_) => "urn:mpc-gateway:unauthenticated",
-            Self::QuotaExceeded(_) => "urn:mpc-gateway:quota-exceeded",
-            Self::GatewayBusy { .. } => "urn:mpc-gateway:gateway-busy",
-            Self::CircuitOpen { .. } => "urn:mpc-gateway:upstream-circuit-open",
-            Self::BodyTimeout => "urn:mpc-gateway:request-timeout",
-            Self::HeadersTooLarge { .. } => "urn:mpc-gateway:headers-too-large",
-            Self::UpstreamRejected(_) => "urn:mpc-gateway:upstream-rejected",
-            Self::UpstreamError(_)
-            | Self::UpstreamUncertain {
+            Self::MalformedRequest(_) => (
+                StatusCode::BAD_REQUEST,
+                "urn:mpc-gateway:malformed-request",
+                "Malformed request",
+            ),
+            Self::PayloadTooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "urn:mpc-gateway:payload-too-large",
+                "Payload too large",
+            ),
+            Self::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "urn:mpc-gateway:unsupported-media-type",
+                "Unsupported media type",
+            ),
+            Self::InvalidLabel { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "urn:mpc-gateway:invalid-label",
+                "Invalid label",
+            ),
+            Self::Unauthenticated(_) => (
+                StatusCode::UNAUTHORIZED,
+                "urn:mpc-gateway:unauthenticated",
+                "Unauthenticated",
+            ),
+            Self::QuotaExceeded(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "urn:mpc-gateway:quota-exceeded",
+                "Quota exceeded",
+            ),
+            Self::GatewayBusy { .. } => {
+                (UNAVAILABLE, "urn:mpc-gateway:gateway-busy", "Gateway busy")
+            }
+            Self::CircuitOpen { .. } => (
+                UNAVAILABLE,
+                "urn:mpc-gateway:upstream-circuit-open",
+                "The MPC is failing; calls are paused",
+            ),
+            Self::StoreUnavailable { .. } => (
+                UNAVAILABLE,
+                "urn:mpc-gateway:store-unavailable",
+                "The shared store is unavailable",
+            ),
+            Self::BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "urn:mpc-gateway:request-timeout",
+                "Request body too slow",
+            ),
+            Self::HeadersTooLarge { .. } => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "urn:mpc-gateway:headers-too-large",
+                "Request headers too large",
+            ),
+            Self::UpstreamRejected(answer) => (
+                StatusCode::from_u16(answer.status)
+                    .ok()
+                    .filter(StatusCode::is_client_error)
+                    .unwrap_or(StatusCode::BAD_REQUEST),
+                "urn:mpc-gateway:upstream-rejected",
+                "The MPC rejected the request",
+            ),
+            Self::UpstreamError(_) => (
+                BAD_GATEWAY,
+                "urn:mpc-gateway:upstream-error",
+                "The MPC could not be used",
+            ),
+            Self::UpstreamUncertain {
                 reason: Uncertainty::ConnectionLost,
                 ..
-            } => "urn:mpc-gateway:upstream-error",
+            } => (
+                BAD_GATEWAY,
+                "urn:mpc-gateway:upstream-error",
+                "The connection to the MPC failed",
+            ),
             Self::UpstreamUncertain {
                 reason: Uncertainty::Timeout,
                 ..
-            } => "urn:mpc-gateway:upstream-timeout",
-            Self::NotFound(_) | Self::NotRemembered(_) => "urn:mpc-gateway:not-found",
-            Self::AdminUnauthorized => "urn:mpc-gateway:unauthenticated",
-            Self::AdminClosed => "urn:mpc-gateway:forbidden",
-            Self::MethodNotAllowed { .. } => "urn:mpc-gateway:method-not-allowed",
+            } => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "urn:mpc-gateway:upstream-timeout",
+                "The MPC did not answer in time",
+            ),
+            Self::NotFound(_) | Self::NotRemembered(_) => (
+                StatusCode::NOT_FOUND,
+                "urn:mpc-gateway:not-found",
+                "Not found",
+            ),
+            Self::AdminUnauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "urn:mpc-gateway:unauthenticated",
+                "Unauthenticated",
+            ),
+            Self::AdminClosed => (
+                StatusCode::FORBIDDEN,
+                "urn:mpc-gateway:forbidden",
+                "Forbidden",
+            ),
+            Self::MethodNotAllowed { .. } => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "urn:mpc-gateway:method-not-allowed",
+                "Method not allowed",
+            ),
         }
     }
 
+    /// The `type` URI; fixed by the contract.
+    pub fn type_uri(&self) -> &'static str {
+        self.kind().1
+    }
+
     fn title(&self) -> &'static str {
-        match self {
-            Self::MalformedRequest(_) => "Malformed request",
-            Self::PayloadTooLarge { .. } => "Payload too large",
-            Self::UnsupportedMediaType(_) => "Unsupported media type",
-            Self::InvalidLabel { .. } => "Invalid label",
-            Self::Unauthenticated(_) => "Unauthenticated",
-            Self::QuotaExceeded(_) => "Quota exceeded",
-            Self::GatewayBusy { .. } => "Gateway busy",
-            Self::CircuitOpen { .. } => "The MPC is failing; calls are paused",
-            Self::BodyTimeout => "Request body too slow",
-            Self::HeadersTooLarge { .. } => "Request headers too large",
-            Self::UpstreamRejected(_) => "The MPC rejected the request",
-            Self::UpstreamError(_) => "The MPC could not be used",
-            Self::UpstreamUncertain {
-                reason: Uncertainty::Timeout,
-                ..
-            } => "The MPC did not answer in time",
-            Self::UpstreamUncertain {
-                reason: Uncertainty::ConnectionLost,
-                ..
-            } => "The connection to the MPC failed",
-            Self::NotFound(_) | Self::NotRemembered(_) => "Not found",
-            Self::AdminUnauthorized => "Unauthenticated",
-            Self::AdminClosed => "Forbidden",
-            Self::MethodNotAllowed { .. } => "Method not allowed",
-        }
+        self.kind().2
     }
 
     fn detail(&self) -> String {
@@ -197,6 +263,11 @@ impl Problem {
                 "Recent calls to the MPC failed one after another, so the gateway is not \
                  calling it for now; nothing was sent. Try again in {} s. Labels already \
                  requested are still answered.",
+                whole_seconds(*retry_after)
+            ),
+            Self::StoreUnavailable { retry_after } => format!(
+                "The store the gateway's replicas share cannot be reached, so the label \
+                 could not be claimed; nothing was sent. Try again in {} s.",
                 whole_seconds(*retry_after)
             ),
             Self::BodyTimeout => "The request body did not arrive in time.".to_owned(),
@@ -244,33 +315,19 @@ impl Problem {
         }
     }
 
-    /// The retrieve outcome this problem stands for, if it is one.
-    pub fn retrieval_outcome(&self) -> Option<RetrievalOutcome> {
+    /// The retrieval outcome of a retrieve request refused at the edge
+    /// (before the use case), if this problem is such a refusal.
+    pub fn edge_outcome(&self) -> Option<RetrievalOutcome> {
         Some(match self {
             Self::MalformedRequest(_)
             | Self::PayloadTooLarge { .. }
-            | Self::UnsupportedMediaType(_) => RetrievalOutcome::MalformedRequest,
+            | Self::UnsupportedMediaType(_)
+            | Self::BodyTimeout
+            | Self::HeadersTooLarge { .. } => RetrievalOutcome::MalformedRequest,
             Self::InvalidLabel { .. } => RetrievalOutcome::InvalidLabel,
             Self::Unauthenticated(_) => RetrievalOutcome::Unauthenticated,
             Self::QuotaExceeded(_) => RetrievalOutcome::QuotaExceeded,
-            Self::GatewayBusy { .. } => RetrievalOutcome::GatewayBusy,
-            Self::CircuitOpen { .. } => RetrievalOutcome::CircuitOpen,
-            Self::BodyTimeout | Self::HeadersTooLarge { .. } => RetrievalOutcome::MalformedRequest,
-            Self::UpstreamRejected(_) => RetrievalOutcome::UpstreamRejected,
-            Self::UpstreamError(_)
-            | Self::UpstreamUncertain {
-                reason: Uncertainty::ConnectionLost,
-                ..
-            } => RetrievalOutcome::UpstreamError,
-            Self::UpstreamUncertain {
-                reason: Uncertainty::Timeout,
-                ..
-            } => RetrievalOutcome::UpstreamTimeout,
-            Self::NotFound(_)
-            | Self::MethodNotAllowed { .. }
-            | Self::NotRemembered(_)
-            | Self::AdminUnauthorized
-            | Self::AdminClosed => return None,
+            _ => return None,
         })
     }
 
@@ -280,6 +337,7 @@ impl Problem {
             Self::QuotaExceeded(refusal) => Some(refusal.retry_after),
             Self::GatewayBusy { retry_after }
             | Self::CircuitOpen { retry_after }
+            | Self::StoreUnavailable { retry_after }
             | Self::UpstreamUncertain { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
@@ -328,6 +386,30 @@ fn accepted_formats_json() -> &'static RawValue {
     &JSON
 }
 
+impl From<Refused> for Problem {
+    fn from(refused: Refused) -> Self {
+        let retry_after = refused.retry_after().unwrap_or(Duration::from_secs(1));
+        match refused {
+            Refused::CircuitOpen { retry_after } => Self::CircuitOpen { retry_after },
+            Refused::Quota(refusal) => Self::QuotaExceeded(refusal),
+            Refused::GatewayBusy { retry_after } => Self::GatewayBusy { retry_after },
+            Refused::StoreUnavailable(error) => {
+                tracing::warn!(%error, "the shared store failed");
+                Self::StoreUnavailable { retry_after }
+            }
+            Refused::Interrupted => {
+                Self::UpstreamError("The call to the MPC was interrupted".to_owned())
+            }
+        }
+    }
+}
+
+impl From<StoreError> for Problem {
+    fn from(error: StoreError) -> Self {
+        Self::from(Refused::StoreUnavailable(error))
+    }
+}
+
 /// An RFC 9457 problem document, as every error is answered.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProblemDocument {
@@ -368,34 +450,7 @@ pub struct ProblemDocument {
 
 impl ResponseError for Problem {
     fn status_code(&self) -> StatusCode {
-        match self {
-            Self::MalformedRequest(_) => StatusCode::BAD_REQUEST,
-            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::InvalidLabel { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Self::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::GatewayBusy { .. } | Self::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::UpstreamRejected(answer) => StatusCode::from_u16(answer.status)
-                .ok()
-                .filter(StatusCode::is_client_error)
-                .unwrap_or(StatusCode::BAD_REQUEST),
-            Self::UpstreamError(_)
-            | Self::UpstreamUncertain {
-                reason: Uncertainty::ConnectionLost,
-                ..
-            } => StatusCode::BAD_GATEWAY,
-            Self::UpstreamUncertain {
-                reason: Uncertainty::Timeout,
-                ..
-            } => StatusCode::GATEWAY_TIMEOUT,
-            Self::NotFound(_) | Self::NotRemembered(_) => StatusCode::NOT_FOUND,
-            Self::AdminUnauthorized => StatusCode::UNAUTHORIZED,
-            Self::AdminClosed => StatusCode::FORBIDDEN,
-            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-        }
+        self.kind().0
     }
 
     fn error_response(&self) -> HttpResponse {
@@ -421,19 +476,7 @@ impl ResponseError for Problem {
         if serde_json::to_writer(&mut body, &self.document()).is_err() {
             body.clear();
         }
-        let mut response = response.body(body);
-        if let Some(outcome) = self.retrieval_outcome() {
-            let upstream_status = match self {
-                Self::UpstreamRejected(answer) => Some(answer.status),
-                _ => None,
-            };
-            response.extensions_mut().insert(RetrievalDecision {
-                outcome,
-                upstream_status,
-                may_have_emailed: false,
-            });
-        }
-        response
+        response.body(body)
     }
 }
 
@@ -486,6 +529,9 @@ mod tests {
             Problem::NotRemembered("A10cnQO".into()),
             Problem::CircuitOpen {
                 retry_after: Duration::from_secs(30),
+            },
+            Problem::StoreUnavailable {
+                retry_after: Duration::from_secs(1),
             },
             Problem::BodyTimeout,
             Problem::HeadersTooLarge { limit: 16384 },

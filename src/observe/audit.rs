@@ -45,9 +45,9 @@ pub struct AuditEntry<'a> {
 }
 
 impl AuditEntry<'_> {
-    /// The current time in the entry's format.
-    pub fn now() -> String {
-        humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+    /// `at` in the entry's format.
+    pub fn timestamp(at: SystemTime) -> String {
+        humantime::format_rfc3339_millis(at).to_string()
     }
 }
 
@@ -281,7 +281,7 @@ mod tests {
 
     fn entry<'a>(request_id: &'a str) -> AuditEntry<'a> {
         AuditEntry {
-            timestamp: AuditEntry::now(),
+            timestamp: AuditEntry::timestamp(SystemTime::now()),
             request_id,
             user: Some("alice"),
             label: Some("A10cnQO"),
@@ -378,7 +378,7 @@ mod tests {
         let log = AuditLog::open(Some(&path), counter(), Arc::new(FakeClock::default())).unwrap();
         for (user, outcome) in [("alice", "sent"), ("bob", "deduplicated")] {
             log.record(&AuditEntry {
-                timestamp: AuditEntry::now(),
+                timestamp: AuditEntry::timestamp(SystemTime::now()),
                 request_id: "r1",
                 user: Some(user),
                 label: Some("A10cnQO"),
@@ -406,7 +406,7 @@ mod tests {
         let log = AuditLog::open(None, failures.clone(), Arc::new(FakeClock::default())).unwrap();
         assert!(!log.is_enabled());
         log.record(&AuditEntry {
-            timestamp: AuditEntry::now(),
+            timestamp: AuditEntry::timestamp(SystemTime::now()),
             request_id: "r",
             user: None,
             label: None,
@@ -534,7 +534,8 @@ mod tests {
                 .log
         };
         let writer = captured.clone();
-        let subscriber = crate::observe::logging::subscriber(&settings, move || writer.clone(), false);
+        let subscriber =
+            crate::observe::logging::subscriber(&settings, move || writer.clone(), false);
         let clock = Arc::new(FakeClock::default());
         let disk = FakeDisk::with_room(0);
         let failures = counter();

@@ -13,113 +13,8 @@ use prometheus::{
 };
 
 use crate::domain::label::LabelKind;
-use crate::http::routes::{TEMPLATES, UNMATCHED};
-use crate::upstream::{Reply, UpstreamFailure};
-
-/// What became of one retrieve request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RetrievalOutcome {
-    /// This request's MPC call was accepted.
-    Sent,
-    /// Answered from a remembered outcome, whatever it was.
-    Deduplicated,
-    /// Waited for a concurrent identical request's call.
-    Coalesced,
-    /// 422.
-    InvalidLabel,
-    /// 400, 413, 415.
-    MalformedRequest,
-    /// 401.
-    Unauthenticated,
-    /// 429.
-    QuotaExceeded,
-    /// The MPC refused the label.
-    UpstreamRejected,
-    /// The MPC failed, or the connection broke.
-    UpstreamError,
-    /// The MPC did not answer in time.
-    UpstreamTimeout,
-    /// The circuit breaker refused to call the MPC.
-    CircuitOpen,
-    /// The courtesy budget was spent.
-    GatewayBusy,
-}
-
-impl RetrievalOutcome {
-    /// Every outcome, for series exported at 0 from start-up.
-    pub const ALL: [Self; 12] = [
-        Self::Sent,
-        Self::Deduplicated,
-        Self::Coalesced,
-        Self::InvalidLabel,
-        Self::MalformedRequest,
-        Self::Unauthenticated,
-        Self::QuotaExceeded,
-        Self::UpstreamRejected,
-        Self::UpstreamError,
-        Self::UpstreamTimeout,
-        Self::CircuitOpen,
-        Self::GatewayBusy,
-    ];
-
-    /// The `outcome` label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Sent => "sent",
-            Self::Deduplicated => "deduplicated",
-            Self::Coalesced => "coalesced",
-            Self::InvalidLabel => "invalid_label",
-            Self::MalformedRequest => "malformed_request",
-            Self::Unauthenticated => "unauthenticated",
-            Self::QuotaExceeded => "quota_exceeded",
-            Self::UpstreamRejected => "upstream_rejected",
-            Self::UpstreamError => "upstream_error",
-            Self::UpstreamTimeout => "upstream_timeout",
-            Self::CircuitOpen => "circuit_open",
-            Self::GatewayBusy => "gateway_busy",
-        }
-    }
-}
-
-/// What a retrieve request came to, for its metrics and its audit line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RetrievalDecision {
-    /// The outcome.
-    pub outcome: RetrievalOutcome,
-    /// The MPC's status, when an MPC answer was involved.
-    pub upstream_status: Option<u16>,
-    /// Whether this request may have made the MPC send an email.
-    pub may_have_emailed: bool,
-}
-
-/// The `result` label of an MPC call.
-pub fn upstream_result(result: &Result<Reply, UpstreamFailure>) -> &'static str {
-    match result {
-        Ok(Reply::Accepted(_)) => "2xx",
-        Ok(Reply::Rejected(_)) => "4xx",
-        Err(UpstreamFailure::ServerError(_)) => "5xx",
-        Err(UpstreamFailure::UnexpectedStatus(_)) => "other_status",
-        Err(UpstreamFailure::Timeout(_)) => "timeout",
-        Err(UpstreamFailure::NotConnected(_)) => "connect_error",
-        Err(UpstreamFailure::ConnectionLost(_)) => "connection_lost",
-    }
-}
-
-const UPSTREAM_RESULTS: [&str; 7] = [
-    "2xx",
-    "4xx",
-    "5xx",
-    "other_status",
-    "timeout",
-    "connect_error",
-    "connection_lost",
-];
-
-/// The `limit` value for the gateway-wide courtesy budget.
-pub const BUDGET_LIMIT: &str = "max_per_minute";
-
-/// The `limit` label values of `quota_rejections_total`.
-pub const QUOTA_LIMITS: [&str; 3] = ["requests_per_minute", "upstream_per_hour", BUDGET_LIMIT];
+use crate::domain::outcome::{CallResult, RetrievalOutcome};
+use crate::quota::LimitKind;
 
 /// The HTTP series of one route template, resolved once: looking a series
 /// up by its label values hashes them, on every request.
@@ -207,8 +102,12 @@ impl ByResult {
 }
 
 impl Metrics {
-    /// Registers every metric, with known series at 0.
-    pub fn new() -> Result<Self, prometheus::Error> {
+    /// Registers every metric, with known series at 0: one HTTP series per
+    /// route template, and `unmatched` for requests that match none.
+    pub fn new(
+        templates: &[&'static str],
+        unmatched: &'static str,
+    ) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let http_requests = IntCounterVec::new(
             Opts::new(
@@ -311,16 +210,16 @@ impl Metrics {
                     .map(|kind| retrievals.with_label_values(&[outcome.as_str(), kind]))
             })
             .collect();
-        let routes = TEMPLATES
+        let routes = templates
             .iter()
-            .chain(&[UNMATCHED])
+            .chain(&[unmatched])
             .map(|template| RouteSeries::new(template, &http_requests, &http_duration))
             .collect();
-        for result in UPSTREAM_RESULTS {
-            upstream_requests.with_label_values(&[result]);
+        for result in CallResult::ALL {
+            upstream_requests.with_label_values(&[result.as_str()]);
         }
-        for limit in QUOTA_LIMITS {
-            quota_rejections.with_label_values(&[limit]);
+        for limit in LimitKind::ALL {
+            quota_rejections.with_label_values(&[limit.as_str()]);
         }
 
         let state_file_saves = ByResult::register(
@@ -352,8 +251,8 @@ impl Metrics {
         })
     }
 
-    /// The HTTP series of a route template (one of [`TEMPLATES`]; any
-    /// other counts as [`UNMATCHED`]).
+    /// The HTTP series of a route template (one of those given to
+    /// [`Metrics::new`]; any other counts as unmatched).
     pub fn route(&self, template: &str) -> &RouteSeries {
         self.routes
             .iter()
@@ -366,9 +265,11 @@ impl Metrics {
         self.retrievals[retrieval_index(outcome, kind)].inc();
     }
 
-    /// Counts a refusal by `limit` (one of [`QUOTA_LIMITS`]).
-    pub fn quota_rejected(&self, limit: &'static str) {
-        self.quota_rejections.with_label_values(&[limit]).inc();
+    /// Counts a refusal by `limit`.
+    pub fn quota_rejected(&self, limit: LimitKind) {
+        self.quota_rejections
+            .with_label_values(&[limit.as_str()])
+            .inc();
     }
 
     /// Marks an MPC call as started; the guard ends it, also when cancelled.
@@ -434,10 +335,10 @@ pub struct UpstreamCall<'a> {
 
 impl UpstreamCall<'_> {
     /// Records the call's result and duration.
-    pub fn finish(self, result: &Result<Reply, UpstreamFailure>) {
+    pub fn finish(self, result: CallResult) {
         self.metrics
             .upstream_requests
-            .with_label_values(&[upstream_result(result)])
+            .with_label_values(&[result.as_str()])
             .inc();
         self.metrics
             .upstream_duration
@@ -524,11 +425,13 @@ fn retrieval_index(outcome: RetrievalOutcome, kind: Option<LabelKind>) -> usize 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::routes::RETRIEVE_ROUTE;
+
+    const RETRIEVE_ROUTE: &str = "/api/action-codes/retrieve";
+    const TEST_ROUTES: [&str; 2] = [RETRIEVE_ROUTE, "/healthz"];
 
     #[test]
     fn known_series_are_exported_at_zero() {
-        let metrics = Metrics::new().unwrap();
+        let metrics = Metrics::new(&TEST_ROUTES, "unmatched").unwrap();
         let text = metrics.render();
         assert!(text.contains(
             "mpc_gateway_retrievals_total{label_kind=\"none\",outcome=\"gateway_busy\"} 0"
@@ -547,7 +450,7 @@ mod tests {
 
     #[test]
     fn state_file_saves_are_exported_at_zero_and_counted_by_result() {
-        let metrics = Metrics::new().unwrap();
+        let metrics = Metrics::new(&TEST_ROUTES, "unmatched").unwrap();
         let text = metrics.render();
         assert!(text.contains("mpc_gateway_state_file_saves_total{result=\"ok\"} 0"));
         assert!(text.contains("mpc_gateway_state_file_saves_total{result=\"error\"} 0"));
@@ -561,14 +464,12 @@ mod tests {
 
     #[test]
     fn in_flight_returns_to_zero_even_when_a_call_is_dropped() {
-        let metrics = Metrics::new().unwrap();
+        let metrics = Metrics::new(&TEST_ROUTES, "unmatched").unwrap();
         let call = metrics.upstream_call();
         assert_eq!(metrics.upstream_in_flight.get(), 1);
         drop(call);
         assert_eq!(metrics.upstream_in_flight.get(), 0);
-        metrics
-            .upstream_call()
-            .finish(&Err(UpstreamFailure::Timeout(Duration::from_secs(1))));
+        metrics.upstream_call().finish(CallResult::Timeout);
         assert_eq!(metrics.upstream_in_flight.get(), 0);
         assert!(
             metrics
@@ -601,7 +502,7 @@ mod tests {
                 assert!(seen.insert(retrieval_index(outcome, kind)));
             }
         }
-        let metrics = Metrics::new().unwrap();
+        let metrics = Metrics::new(&TEST_ROUTES, "unmatched").unwrap();
         assert_eq!(seen.len(), metrics.retrievals.len());
         metrics.count_retrieval(RetrievalOutcome::Coalesced, Some(LabelKind::Trkid));
         assert!(metrics.render().contains(
@@ -611,7 +512,7 @@ mod tests {
 
     #[test]
     fn requests_are_counted_under_their_route_template() {
-        let metrics = Metrics::new().unwrap();
+        let metrics = Metrics::new(&TEST_ROUTES, "unmatched").unwrap();
         let route = metrics.route(RETRIEVE_ROUTE);
         assert_eq!(route.template(), RETRIEVE_ROUTE);
         route.observe(&Method::POST, 422, Duration::from_millis(1));

@@ -14,13 +14,15 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::header;
 use awc::error::{ConnectError, SendRequestError};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::value::RawValue;
 
 use rand::Rng;
 
 use crate::config::UpstreamSettings;
 use crate::domain::label::Label;
+pub use crate::domain::outcome::MpcAnswer;
+use crate::domain::outcome::{CallResult, Outcome, Uncertainty};
 use crate::observe::metrics::Metrics;
 
 /// Largest MPC body kept (SPEC: 4 KiB); the real answers are a few hundred
@@ -39,35 +41,6 @@ const JITTER_MS: u64 = 50;
 /// The pause after failed attempt `attempt` (from 1), with `jitter_ms` added.
 fn backoff(attempt: u32, jitter_ms: u64) -> Duration {
     CONNECT_BACKOFF * 2_u32.pow(attempt - 1) + Duration::from_millis(jitter_ms)
-}
-
-/// The MPC's status and JSON body, as shown to callers.
-#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct MpcAnswer {
-    /// HTTP status the MPC sent.
-    #[schema(example = 200)]
-    pub status: u16,
-    /// The MPC's JSON body, verbatim; `None` when empty or not JSON. Kept as
-    /// shared text: every remembered copy and every answer carries it.
-    #[schema(value_type = Option<Object>)]
-    pub body: Option<Arc<RawValue>>,
-}
-
-impl MpcAnswer {
-    /// An answer with a JSON body (for tests and the simulated MPC).
-    pub fn with_json(status: u16, body: &serde_json::Value) -> Self {
-        Self {
-            status,
-            body: serde_json::value::to_raw_value(body).ok().map(Arc::from),
-        }
-    }
-}
-
-impl PartialEq for MpcAnswer {
-    fn eq(&self, other: &Self) -> bool {
-        self.status == other.status
-            && self.body.as_ref().map(|b| b.get()) == other.body.as_ref().map(|b| b.get())
-    }
 }
 
 /// A definite answer from the MPC about the label.
@@ -108,14 +81,52 @@ impl UpstreamFailure {
             _ => None,
         }
     }
+}
 
-    /// Whether the MPC may have sent an email despite the failure.
-    pub fn may_have_sent(&self) -> bool {
-        matches!(
-            self,
-            Self::Timeout(_) | Self::ConnectionLost(_) | Self::UnexpectedStatus(_)
-        )
-    }
+/// What the MPC made of one call, or what became of it.
+pub type MpcResult = Result<Reply, UpstreamFailure>;
+
+/// One MPC call read once, for everything that depends on it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reading {
+    /// What to remember for the label; `None` when certainly nothing was
+    /// sent, so that the next request tries again.
+    pub outcome: Option<Outcome>,
+    /// How the call ended, for `upstream_requests_total`.
+    pub result: CallResult,
+}
+
+/// The one classification of an MPC call's result.
+pub fn read(result: &MpcResult) -> Reading {
+    let uncertain = |reason| Some(Outcome::Uncertain { reason });
+    let (outcome, result) = match result {
+        Ok(Reply::Accepted(upstream)) => (
+            Some(Outcome::Sent {
+                upstream: upstream.clone(),
+            }),
+            CallResult::Accepted,
+        ),
+        Ok(Reply::Rejected(upstream)) => (
+            Some(Outcome::Rejected {
+                upstream: upstream.clone(),
+            }),
+            CallResult::Rejected,
+        ),
+        Err(UpstreamFailure::ServerError(_)) => (None, CallResult::ServerError),
+        // A 1xx or 3xx answer means the MPC read the request, as a lost
+        // connection may: either could have sent an email.
+        Err(UpstreamFailure::UnexpectedStatus(_)) => (
+            uncertain(Uncertainty::ConnectionLost),
+            CallResult::OtherStatus,
+        ),
+        Err(UpstreamFailure::Timeout(_)) => (uncertain(Uncertainty::Timeout), CallResult::Timeout),
+        Err(UpstreamFailure::NotConnected(_)) => (None, CallResult::ConnectError),
+        Err(UpstreamFailure::ConnectionLost(_)) => (
+            uncertain(Uncertainty::ConnectionLost),
+            CallResult::ConnectionLost,
+        ),
+    };
+    Reading { outcome, result }
 }
 
 /// TLS settings shared by every worker's client: webpki roots, ring crypto.
@@ -180,7 +191,7 @@ impl MpcClient {
         let result = loop {
             let call = self.metrics.upstream_call();
             let result = self.attempt(label, deadline).await;
-            call.finish(&result);
+            call.finish(read(&result).result);
             let pause = backoff(attempt, rand::rng().random_range(0..JITTER_MS));
             match result {
                 Err(UpstreamFailure::NotConnected(ref reason))
@@ -324,12 +335,75 @@ mod tests {
 
     #[test]
     fn only_timeouts_lost_connections_and_odd_statuses_may_have_sent() {
-        assert!(UpstreamFailure::Timeout(Duration::from_secs(1)).may_have_sent());
-        assert!(UpstreamFailure::ConnectionLost("reset".into()).may_have_sent());
-        assert!(UpstreamFailure::UnexpectedStatus(answer(302)).may_have_sent());
-        assert!(UpstreamFailure::UnexpectedStatus(answer(100)).may_have_sent());
-        assert!(!UpstreamFailure::NotConnected("refused".into()).may_have_sent());
-        assert!(!UpstreamFailure::ServerError(answer(500)).may_have_sent());
+        assert!(may_have_sent(UpstreamFailure::Timeout(
+            Duration::from_secs(1)
+        )));
+        assert!(may_have_sent(UpstreamFailure::ConnectionLost(
+            "reset".into()
+        )));
+        assert!(may_have_sent(UpstreamFailure::UnexpectedStatus(answer(
+            302
+        ))));
+        assert!(may_have_sent(UpstreamFailure::UnexpectedStatus(answer(
+            100
+        ))));
+        assert!(!may_have_sent(UpstreamFailure::NotConnected(
+            "refused".into()
+        )));
+        assert!(!may_have_sent(UpstreamFailure::ServerError(answer(500))));
+    }
+
+    /// Whether the failure is remembered as uncertain rather than forgotten.
+    fn may_have_sent(failure: UpstreamFailure) -> bool {
+        read(&Err(failure)).outcome.is_some()
+    }
+
+    #[test]
+    fn each_result_is_read_into_its_outcome_and_metric_label() {
+        let cases = [
+            (Ok(Reply::Accepted(answer(200))), "sent", "2xx"),
+            (Ok(Reply::Rejected(answer(404))), "rejected", "4xx"),
+            (
+                Err(UpstreamFailure::ServerError(answer(500))),
+                "none",
+                "5xx",
+            ),
+            (
+                Err(UpstreamFailure::UnexpectedStatus(answer(302))),
+                "uncertain",
+                "other_status",
+            ),
+            (
+                Err(UpstreamFailure::Timeout(Duration::from_secs(1))),
+                "uncertain",
+                "timeout",
+            ),
+            (
+                Err(UpstreamFailure::NotConnected("refused".into())),
+                "none",
+                "connect_error",
+            ),
+            (
+                Err(UpstreamFailure::ConnectionLost("reset".into())),
+                "uncertain",
+                "connection_lost",
+            ),
+        ];
+        for (result, outcome, label) in cases {
+            let reading = read(&result);
+            assert_eq!(
+                reading.outcome.as_ref().map_or("none", Outcome::as_str),
+                outcome
+            );
+            assert_eq!(reading.result.as_str(), label);
+        }
+        let timeout = read(&Err(UpstreamFailure::Timeout(Duration::from_secs(1))));
+        assert_eq!(
+            timeout.outcome,
+            Some(Outcome::Uncertain {
+                reason: Uncertainty::Timeout
+            })
+        );
     }
 
     fn classified(error: SendRequestError) -> UpstreamFailure {
@@ -375,7 +449,7 @@ mod tests {
                 matches!(failure, UpstreamFailure::ConnectionLost(_)),
                 "{shown}: {failure:?}"
             );
-            assert!(failure.may_have_sent());
+            assert!(read(&Err(failure)).outcome.is_some());
         }
         assert_eq!(
             classified(SendRequestError::Timeout),

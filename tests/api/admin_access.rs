@@ -11,13 +11,13 @@ use std::time::{Duration, SystemTime};
 
 use actix_web::HttpServer;
 use actix_web::dev::ServerHandle;
-use mpc_action_gateway::clock::MonotonicClock;
+use mpc_action_gateway::clock::SystemClock;
 use mpc_action_gateway::config::{LogFormat, Settings};
 use mpc_action_gateway::dedup::{Outcome, Remembered, Uncertainty};
 use mpc_action_gateway::domain::identity::key_digest;
 use mpc_action_gateway::domain::label::Label;
-use mpc_action_gateway::startup::Gateway;
 use mpc_action_gateway::observe::logging;
+use mpc_action_gateway::startup::Gateway;
 use serde_json::Value;
 
 use crate::helpers::{assert_problem, test_settings};
@@ -74,7 +74,7 @@ fn gateway(settings: &Settings) -> (Gateway, Captured) {
     let writer = captured.clone();
     let subscriber = logging::subscriber(&log, move || writer.clone(), false);
     let gateway = tracing::subscriber::with_default(subscriber, || {
-        Gateway::new(settings, Arc::new(MonotonicClock::default()))
+        Gateway::new(settings, Arc::new(SystemClock))
     })
     .expect("gateway builds");
     (gateway, captured)
@@ -99,7 +99,7 @@ fn serve_admin(gateway: &Gateway) -> (String, ServerHandle) {
 fn remember(gateway: &Gateway) -> Label {
     let label = Label::parse(LABEL).unwrap();
     let now = SystemTime::now();
-    gateway.dedup().store(
+    gateway.dedup().restore(
         label.clone(),
         Remembered::new(
             Outcome::Uncertain {
@@ -139,7 +139,7 @@ async fn without_a_token_a_network_facing_admin_refuses_and_changes_nothing() {
     let forgotten = request(reqwest::Method::DELETE, url, Some(TOKEN)).await;
     assert_problem(forgotten, 403, "urn:mpc-gateway:forbidden").await;
     assert!(
-        gateway.dedup().get(&label).is_some(),
+        gateway.dedup().get(&label).await.unwrap().is_some(),
         "the refused DELETE forgot nothing"
     );
 
@@ -159,7 +159,7 @@ async fn with_a_token_a_network_facing_admin_serves_whoever_presents_it() {
 
     let refused = request(reqwest::Method::DELETE, url.clone(), None).await;
     assert_problem(refused, 401, "urn:mpc-gateway:unauthenticated").await;
-    assert!(gateway.dedup().get(&label).is_some());
+    assert!(gateway.dedup().get(&label).await.unwrap().is_some());
 
     let shown = request(reqwest::Method::GET, url.clone(), Some(TOKEN)).await;
     assert_eq!(shown.status().as_u16(), 200);
@@ -167,7 +167,7 @@ async fn with_a_token_a_network_facing_admin_serves_whoever_presents_it() {
     assert_eq!(shown["user"], "alice");
     let forgotten = request(reqwest::Method::DELETE, url, Some(TOKEN)).await;
     assert_eq!(forgotten.status().as_u16(), 200);
-    assert!(gateway.dedup().get(&label).is_none());
+    assert!(gateway.dedup().get(&label).await.unwrap().is_none());
 
     for path in ["/metrics", "/healthz", "/readyz"] {
         let response = request(reqwest::Method::GET, format!("{admin}{path}"), None).await;

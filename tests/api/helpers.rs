@@ -7,14 +7,14 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use mpc_action_gateway::clock::{Clock, MonotonicClock};
+use mpc_action_gateway::clock::{Clock, SystemClock};
 use mpc_action_gateway::config::{
     ConfigError, KeyDigest, KeyEntry, LogFormat, Settings, TierSettings,
 };
 use mpc_action_gateway::domain::identity::key_digest;
+use mpc_action_gateway::observe::logging;
 use mpc_action_gateway::reload::Reloader;
 use mpc_action_gateway::startup::{Application, RunError, Stopper};
-use mpc_action_gateway::observe::logging;
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -334,7 +334,7 @@ pub async fn spawn_app() -> TestApp {
 
 /// A gateway whose settings `customise` adjusts (the MPC URI is already set).
 pub async fn spawn_app_with(customise: impl FnOnce(&mut Settings)) -> TestApp {
-    spawn_app_with_clock(customise, Arc::new(MonotonicClock::default())).await
+    spawn_app_with_clock(customise, Arc::new(SystemClock)).await
 }
 
 /// Like [`spawn_app_with`], with limits and breaker on `clock`.

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use std::time::SystemTime;
+
 use actix_web::body::BoxBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
@@ -86,14 +88,14 @@ struct RememberedLabel<'a> {
     user: &'a str,
 }
 
-fn render(label: &Label, remembered: &Remembered) -> HttpResponse {
+fn render(label: &Label, remembered: &Remembered, now: SystemTime) -> HttpResponse {
     HttpResponse::Ok().json(RememberedLabel {
         label,
         label_kind: label.kind(),
         outcome: remembered.outcome(),
         requested_at: Timestamp::new(remembered.requested_at()),
         expires_at: Timestamp::new(remembered.expires_at()),
-        remaining_seconds: remembered.remaining().as_secs(),
+        remaining_seconds: remembered.remaining(now).as_secs(),
         user: remembered.user(),
     })
 }
@@ -111,8 +113,9 @@ pub async fn show(
     let remembered = state
         .dedup
         .get(&label)
+        .await?
         .ok_or_else(|| Problem::NotRemembered(label.to_string()))?;
-    Ok(render(&label, &remembered))
+    Ok(render(&label, &remembered, state.dedup.now()))
 }
 
 /// `DELETE /admin/labels/{label}`: forget, so the next request is forwarded.
@@ -124,9 +127,10 @@ pub async fn forget(
     let forgotten = state
         .dedup
         .forget(&label)
+        .await?
         .ok_or_else(|| Problem::NotRemembered(label.to_string()))?;
     tracing::info!(label = %label, outcome = forgotten.outcome().as_str(), "remembered outcome forgotten by an operator");
-    Ok(render(&label, &forgotten))
+    Ok(render(&label, &forgotten, state.dedup.now()))
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@ use actix_web::{HttpResponse, web};
 use serde_json::json;
 
 use crate::dedup::Dedup;
+use crate::http::state::Readiness;
 use crate::observe::metrics::Metrics;
-use crate::startup::Readiness;
 use crate::upstream::breaker::Breaker;
 
 /// `GET /healthz`: the process is alive and serving.

@@ -1,13 +1,14 @@
 //! `GET /api/action-codes/labels/{label}`: check a label without contacting the MPC.
 
-use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use actix_web::{HttpResponse, web};
 use serde::Serialize;
 
 use crate::domain::identity::Identity;
 use crate::domain::label::{Label, LabelKind};
+use crate::http::context::Notes;
 use crate::http::problem::{Problem, ProblemDocument};
 use crate::http::routes::Timestamp;
-use crate::startup::AppState;
+use crate::http::state::AppState;
 use utoipa::ToSchema;
 
 /// A valid label and what the gateway remembers of it.
@@ -45,13 +46,14 @@ pub struct LabelStatus<'a> {
 )]
 pub async fn status(
     _identity: Identity,
-    req: HttpRequest,
+    notes: Notes,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Problem> {
     let raw = path.into_inner();
     let label = Label::parse(&raw).map_err(|error| Problem::InvalidLabel { label: raw, error })?;
-    let remembered = state.dedup.get(&label);
+    notes.label_kind(label.kind());
+    let remembered = state.dedup.get(&label).await?;
     let response = HttpResponse::Ok().json(LabelStatus {
         label: &label,
         label_kind: label.kind(),
@@ -61,7 +63,5 @@ pub async fn status(
             .map(|r| Timestamp::new(r.requested_at())),
         resend_available_at: remembered.as_ref().map(|r| Timestamp::new(r.expires_at())),
     });
-    // For the request's log line.
-    req.extensions_mut().insert(label);
     Ok(response)
 }

@@ -2,27 +2,26 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderName, HeaderValue};
-use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
-use tracing::Instrument;
 
-use crate::dedup::{Claim, Outcome, Remembered, Settled, Uncertainty};
 use crate::domain::identity::Identity;
 use crate::domain::label::{Label, LabelKind};
-use crate::observe::metrics::{BUDGET_LIMIT, RetrievalDecision, RetrievalOutcome};
-use crate::http::problem::Problem;
-use crate::http::problem::ProblemDocument;
+use crate::domain::outcome::{MpcAnswer, Outcome, Remembered};
+use crate::http::context::Notes;
+use crate::http::problem::{Problem, ProblemDocument};
 use crate::http::routes::Timestamp;
 use crate::http::routes::media_type::MediaType;
-use crate::startup::AppState;
-use crate::upstream::{MpcAnswer, MpcClient};
+use crate::http::state::AppState;
+use crate::observe::record::Asker;
+use crate::retrieval::{self, Answered, Via};
+use crate::upstream::MpcClient;
 use utoipa::ToSchema;
 
 /// Longest a client may take to send its (small) body once the head is in.
@@ -105,17 +104,6 @@ pub struct Retrieved<'a> {
     upstream: &'a MpcAnswer,
 }
 
-/// How this request came by its answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Via {
-    /// From a remembered outcome; nothing was sent.
-    Memory,
-    /// This request made the MPC call.
-    Forwarded,
-    /// Coalesced with a concurrent request that made the call.
-    Collapsed,
-}
-
 /// Checks the body, then answers from memory, joins the call in flight, or
 /// asks the MPC to email the label's action code.
 #[utoipa::path(
@@ -148,96 +136,67 @@ enum Via {
 )]
 pub async fn retrieve(
     identity: Identity,
+    notes: Notes,
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
     mpc: web::Data<MpcClient>,
-) -> Result<HttpResponse, Problem> {
-    check_content_type(&req)?;
-    let bytes = read_body(&req, payload, state.max_body_bytes).await?;
-    let request = decode_body(&bytes)?;
-    let label = Label::parse(&request.label).map_err(|error| Problem::InvalidLabel {
-        label: request.label.into_owned(),
-        error,
-    })?;
-    let answer = respond(&label, &identity, &state, mpc).await;
-    // For the request's metrics and audit line, whatever the answer.
-    req.extensions_mut().insert(label);
-    answer
+) -> HttpResponse {
+    let label = match read_label(&req, payload, state.max_body_bytes).await {
+        Ok(label) => label,
+        Err(problem) => {
+            let asker = Asker {
+                request_id: notes.request_id(),
+                user: Some(identity.user()),
+            };
+            refused_at_edge(&state, &notes, asker, &problem);
+            return problem.error_response();
+        }
+    };
+    notes.label_kind(label.kind());
+    let retrieved = state
+        .retrieval
+        .retrieve(&identity, notes.request_id(), &label, mpc.into_inner())
+        .await;
+    notes.outcome(retrieved.decision.outcome);
+    answer(&label, retrieved)
 }
 
-/// Answers for a valid label: from memory, by joining the call in flight, or
-/// by asking the MPC.
-async fn respond(
-    label: &Label,
-    identity: &Identity,
-    state: &AppState,
-    mpc: web::Data<MpcClient>,
-) -> Result<HttpResponse, Problem> {
-    loop {
-        match state.dedup.claim(label) {
-            Claim::Remembered(remembered) => {
-                return Ok(answer(label, Ok(remembered), Via::Memory));
-            }
-            Claim::Wait(waiter) => {
-                if let Some(settled) = waiter.settled().await {
-                    return Ok(answer(label, settled, Via::Collapsed));
-                }
-                // The leader was refused before calling the MPC: claim again.
-            }
-            Claim::Lead(lease) => {
-                let permit = state
-                    .breaker
-                    .admit()
-                    .map_err(|retry_after| Problem::CircuitOpen { retry_after })?;
-                charge_upstream(state, identity)?;
-                let slot = tokio::time::timeout(
-                    state.upstream_timeout,
-                    Arc::clone(&state.mpc_slots).acquire_owned(),
-                )
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .ok_or_else(|| {
-                    // Nothing was sent: the caller's unit and the budget's are given back.
-                    state
-                        .quotas
-                        .refund_upstream(identity.user(), identity.tier());
-                    state.quotas.refund_budget();
-                    tracing::warn!("every MPC call slot stayed busy");
-                    Problem::GatewayBusy {
-                        retry_after: Duration::from_secs(1),
-                    }
-                })?;
-                let user = identity.shared_user();
-                let mpc = mpc.into_inner();
-                // Its own task: a caller that disconnects cannot cancel the
-                // call halfway and let a waiter send a second email.
-                let call = actix_web::rt::spawn(
-                    async move {
-                        let result = mpc.retrieve(lease.label()).await;
-                        drop(slot);
-                        permit.record(&result);
-                        lease.settle(result, user)
-                    }
-                    .instrument(tracing::Span::current()),
-                );
-                let settled = call.await.map_err(|_| {
-                    Problem::UpstreamError("The call to the MPC was interrupted".to_owned())
-                })?;
-                return Ok(answer(label, settled, Via::Forwarded));
-            }
-        }
+/// The body, checked and decoded, and its label parsed.
+async fn read_label(
+    req: &HttpRequest,
+    payload: web::Payload,
+    max_body_bytes: usize,
+) -> Result<Label, Problem> {
+    check_content_type(req)?;
+    let bytes = read_body(req, payload, max_body_bytes).await?;
+    let request = decode_body(&bytes)?;
+    Label::parse(&request.label).map_err(|error| Problem::InvalidLabel {
+        label: request.label.into_owned(),
+        error,
+    })
+}
+
+/// Records a retrieve request refused before its label was read (or for an
+/// invalid one) as a retrieval decision, and notes it for the log line.
+pub fn refused_at_edge(state: &AppState, notes: &Notes, asker: Asker<'_>, problem: &Problem) {
+    if let Some(outcome) = problem.edge_outcome() {
+        notes.outcome(outcome);
+        state.retrieval.refused_at_edge(asker, outcome);
     }
 }
 
-/// Renders a remembered or fresh outcome, with its `Cache-Status`.
-fn answer(label: &Label, settled: Settled, via: Via) -> HttpResponse {
-    let decision = decide(&settled, via);
+/// Renders what a retrieval came to, with its `Cache-Status`.
+fn answer(label: &Label, retrieved: retrieval::Retrieved) -> HttpResponse {
+    let Answered { settled, via } = match retrieved.answer {
+        Ok(answered) => answered,
+        Err(refused) => return Problem::from(refused).error_response(),
+    };
+    let now = retrieved.decided_at;
     let cache_status = match (via, &settled) {
         (Via::Memory, Ok(remembered)) => format!(
             "mpc-action-gateway; hit; ttl={}",
-            remembered.remaining().as_secs()
+            remembered.remaining(now).as_secs()
         ),
         (Via::Forwarded, Ok(_)) => "mpc-action-gateway; fwd=miss; stored".to_owned(),
         (Via::Collapsed, _) => "mpc-action-gateway; fwd=miss; collapsed".to_owned(),
@@ -251,7 +210,7 @@ fn answer(label: &Label, settled: Settled, via: Via) -> HttpResponse {
             }
             Outcome::Uncertain { reason } => Problem::UpstreamUncertain {
                 reason: *reason,
-                retry_after: remembered.remaining(),
+                retry_after: remembered.remaining(now),
             }
             .error_response(),
         },
@@ -262,45 +221,7 @@ fn answer(label: &Label, settled: Settled, via: Via) -> HttpResponse {
             .headers_mut()
             .insert(HeaderName::from_static(CACHE_STATUS), value);
     }
-    response.extensions_mut().insert(decision);
     response
-}
-
-/// What the request came to: any answer from memory counts as deduplicated,
-/// any shared one as coalesced; only the caller that led the call may have
-/// made the MPC send an email.
-fn decide(settled: &Settled, via: Via) -> RetrievalDecision {
-    let (outcome, upstream_status, may_have_emailed) = match settled {
-        Ok(remembered) => match remembered.outcome() {
-            Outcome::Sent { upstream } => (RetrievalOutcome::Sent, Some(upstream.status), true),
-            Outcome::Rejected { upstream } => (
-                RetrievalOutcome::UpstreamRejected,
-                Some(upstream.status),
-                false,
-            ),
-            Outcome::Uncertain {
-                reason: Uncertainty::Timeout,
-            } => (RetrievalOutcome::UpstreamTimeout, None, true),
-            Outcome::Uncertain {
-                reason: Uncertainty::ConnectionLost,
-            } => (RetrievalOutcome::UpstreamError, None, true),
-        },
-        Err(failure) => (
-            RetrievalOutcome::UpstreamError,
-            failure.answer().map(|answer| answer.status),
-            false,
-        ),
-    };
-    let outcome = match via {
-        Via::Forwarded => outcome,
-        Via::Memory => RetrievalOutcome::Deduplicated,
-        Via::Collapsed => RetrievalOutcome::Coalesced,
-    };
-    RetrievalDecision {
-        outcome,
-        upstream_status,
-        may_have_emailed: may_have_emailed && via == Via::Forwarded,
-    }
 }
 
 fn sent(label: &Label, remembered: &Remembered, upstream: &MpcAnswer, via: Via) -> HttpResponse {
@@ -373,24 +294,6 @@ impl Serialize for SentMessage<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
     }
-}
-
-/// Charges the user's upstream quota, then the courtesy budget; a refusal
-/// by the budget gives the user's unit back, since nothing is sent.
-fn charge_upstream(state: &AppState, identity: &Identity) -> Result<(), Problem> {
-    let quotas = &state.quotas;
-    quotas
-        .admit_upstream(identity.user(), identity.tier())
-        .map_err(|refusal| {
-            state.metrics.quota_rejected(refusal.limit.as_str());
-            Problem::QuotaExceeded(refusal)
-        })?;
-    quotas.admit_budget().map_err(|retry_after| {
-        quotas.refund_upstream(identity.user(), identity.tier());
-        state.metrics.quota_rejected(BUDGET_LIMIT);
-        tracing::warn!("courtesy budget towards the MPC is spent");
-        Problem::GatewayBusy { retry_after }
-    })
 }
 
 /// Refuses bodies not declared as UTF-8 JSON (415) before reading them.

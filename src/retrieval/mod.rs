@@ -1,0 +1,450 @@
+//! The use case, free of any framework: a single request, a batch item and
+//! a page action all retrieve a label's action code through
+//! [`Retrieval::retrieve`].
+//!
+//! remembered → breaker → store claim → the user's upstream quota → the
+//! courtesy budget → an MPC call slot → the MPC → settle; each retrieval
+//! ends in one [`Decision`], recorded once.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use crate::dedup::{Claim, Dedup, Lease, Settled};
+use crate::domain::identity::Identity;
+use crate::domain::label::Label;
+use crate::domain::outcome::{Decision, Outcome, RetrievalOutcome, Uncertainty};
+use crate::observe::record::{Asker, Observer};
+use crate::quota::{LimitKind, QuotaError, Quotas, Refusal};
+use crate::store::StoreError;
+use crate::upstream::MpcClient;
+use crate::upstream::breaker::Breaker;
+
+/// How long a caller is asked to wait when the shared store failed.
+const STORE_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// How long a caller is asked to wait when every MPC call slot stayed busy.
+const SLOTS_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// How a retrieval came by its answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// From a remembered outcome; nothing was sent.
+    Memory,
+    /// This retrieval made the MPC call.
+    Forwarded,
+    /// Coalesced with a concurrent retrieval that made the call.
+    Collapsed,
+}
+
+/// What a retrieval answers when it reached an outcome.
+#[derive(Clone, Debug)]
+pub struct Answered {
+    /// The outcome, or the failure of a call that certainly sent nothing.
+    pub settled: Settled,
+    /// How it was come by.
+    pub via: Via,
+}
+
+/// Why nothing was sent (and nothing is remembered).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum Refused {
+    /// The breaker is open.
+    #[error("circuit open")]
+    CircuitOpen {
+        /// When the breaker lets a probe through.
+        retry_after: Duration,
+    },
+    /// The user's upstream quota is used up.
+    #[error("upstream quota used up")]
+    Quota(Refusal),
+    /// The courtesy budget is spent, or every MPC call slot stayed busy.
+    #[error("gateway busy")]
+    GatewayBusy {
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// The shared store could not be used, so the label could not be claimed.
+    #[error(transparent)]
+    StoreUnavailable(StoreError),
+    /// The task making the call ended without an answer.
+    #[error("the call to the MPC was interrupted")]
+    Interrupted,
+}
+
+impl Refused {
+    fn outcome(&self) -> RetrievalOutcome {
+        match self {
+            Self::CircuitOpen { .. } => RetrievalOutcome::CircuitOpen,
+            Self::Quota(_) => RetrievalOutcome::QuotaExceeded,
+            Self::GatewayBusy { .. } => RetrievalOutcome::GatewayBusy,
+            Self::StoreUnavailable(_) => RetrievalOutcome::StoreUnavailable,
+            Self::Interrupted => RetrievalOutcome::UpstreamError,
+        }
+    }
+
+    /// How long the caller should wait, when that is known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::CircuitOpen { retry_after } | Self::GatewayBusy { retry_after } => {
+                Some(*retry_after)
+            }
+            Self::Quota(refusal) => Some(refusal.retry_after),
+            Self::StoreUnavailable(_) => Some(STORE_RETRY_AFTER),
+            Self::Interrupted => None,
+        }
+    }
+}
+
+/// What one retrieval came to, with the decision it recorded.
+#[derive(Clone, Debug)]
+pub struct Retrieved {
+    /// The answer, or why nothing was sent.
+    pub answer: Result<Answered, Refused>,
+    /// What was recorded for it.
+    pub decision: Decision,
+    /// When it was decided, on the gateway's clock.
+    pub decided_at: SystemTime,
+}
+
+/// The parts a retrieval passes through, shared by every route.
+pub struct Retrieval {
+    dedup: Arc<Dedup>,
+    breaker: Arc<Breaker>,
+    quotas: Arc<Quotas>,
+    slots: Arc<Semaphore>,
+    slot_wait: Duration,
+    observer: Observer,
+}
+
+impl Retrieval {
+    /// The use case over these parts; a slot is waited for at most `slot_wait`.
+    pub fn new(
+        dedup: Arc<Dedup>,
+        breaker: Arc<Breaker>,
+        quotas: Arc<Quotas>,
+        slots: Arc<Semaphore>,
+        slot_wait: Duration,
+        observer: Observer,
+    ) -> Self {
+        Self {
+            dedup,
+            breaker,
+            quotas,
+            slots,
+            slot_wait,
+            observer,
+        }
+    }
+
+    /// Retrieves the action code for `label` on behalf of `identity`:
+    /// answers from memory, joins the call under way, or asks the MPC, and
+    /// records the decision (metric and audit line).
+    pub async fn retrieve(
+        &self,
+        identity: &Identity,
+        request_id: &str,
+        label: &Label,
+        mpc: Arc<MpcClient>,
+    ) -> Retrieved {
+        let answer = self.answer(identity, label, mpc).await;
+        let decision = decide(&answer);
+        let asker = Asker {
+            request_id,
+            user: Some(identity.user()),
+        };
+        self.observer.record(asker, Some(label), decision);
+        Retrieved {
+            answer,
+            decision,
+            decided_at: self.dedup.now(),
+        }
+    }
+
+    /// Records a refusal at the edge (before a label was read, or an
+    /// invalid one) as a retrieval decision.
+    pub fn refused_at_edge(&self, asker: Asker<'_>, outcome: RetrievalOutcome) {
+        let decision = Decision {
+            outcome,
+            upstream_status: None,
+            may_have_emailed: false,
+        };
+        self.observer.record(asker, None, decision);
+    }
+
+    async fn answer(
+        &self,
+        identity: &Identity,
+        label: &Label,
+        mpc: Arc<MpcClient>,
+    ) -> Result<Answered, Refused> {
+        loop {
+            let claim = self
+                .dedup
+                .claim(label)
+                .await
+                .map_err(Refused::StoreUnavailable)?;
+            match claim {
+                Claim::Remembered(remembered) => {
+                    return Ok(Answered {
+                        settled: Ok(remembered),
+                        via: Via::Memory,
+                    });
+                }
+                Claim::Wait(waiter) => {
+                    if let Some(settled) = waiter.settled().await {
+                        return Ok(Answered {
+                            settled,
+                            via: Via::Collapsed,
+                        });
+                    }
+                    // The leader was refused before calling the MPC: claim again.
+                }
+                Claim::Lead(lease) => return self.lead(lease, identity, mpc).await,
+            }
+        }
+    }
+
+    /// Makes the one MPC call for the label, if the breaker, the quota, the
+    /// budget and a call slot allow it.
+    async fn lead(
+        &self,
+        lease: Lease,
+        identity: &Identity,
+        mpc: Arc<MpcClient>,
+    ) -> Result<Answered, Refused> {
+        let permit = self
+            .breaker
+            .admit()
+            .map_err(|retry_after| Refused::CircuitOpen { retry_after })?;
+        self.charge(identity).await?;
+        let slot = tokio::time::timeout(self.slot_wait, Arc::clone(&self.slots).acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok);
+        let Some(slot) = slot else {
+            tracing::warn!("every MPC call slot stayed busy");
+            self.refund(identity).await;
+            return Err(Refused::GatewayBusy {
+                retry_after: SLOTS_RETRY_AFTER,
+            });
+        };
+        let user = identity.shared_user();
+        // Its own task: a caller that disconnects cannot cancel the call
+        // halfway and let a waiter send a second email.
+        let call = actix_web::rt::spawn(
+            async move {
+                lease.begin_call().await?;
+                let result = mpc.retrieve(lease.label()).await;
+                drop(slot);
+                permit.record(&result);
+                Ok::<_, StoreError>(lease.settle(&result, user).await)
+            }
+            .instrument(tracing::Span::current()),
+        );
+        match call.await {
+            Ok(Ok(settled)) => Ok(Answered {
+                settled,
+                via: Via::Forwarded,
+            }),
+            Ok(Err(error)) => {
+                // The claim lapsed before the call: nothing was sent.
+                self.refund(identity).await;
+                Err(Refused::StoreUnavailable(error))
+            }
+            Err(_) => Err(Refused::Interrupted),
+        }
+    }
+
+    /// Charges the user's upstream quota, then the courtesy budget; a
+    /// refusal by the budget gives the user's unit back, since nothing is sent.
+    async fn charge(&self, identity: &Identity) -> Result<(), Refused> {
+        let (user, tier) = (identity.user(), identity.tier());
+        self.quotas
+            .admit_upstream(user, tier)
+            .await
+            .map_err(|error| self.refused_by(error))?;
+        if let Err(error) = self.quotas.admit_budget().await {
+            if let Err(error) = self.quotas.refund_upstream(user, tier).await {
+                tracing::warn!(%error, "an upstream quota unit could not be given back");
+            }
+            if matches!(error, QuotaError::Exceeded(_)) {
+                tracing::warn!("courtesy budget towards the MPC is spent");
+            }
+            return Err(self.refused_by(error));
+        }
+        Ok(())
+    }
+
+    /// Gives back what [`Retrieval::charge`] took, when nothing was sent.
+    async fn refund(&self, identity: &Identity) {
+        let refunds = [
+            self.quotas
+                .refund_upstream(identity.user(), identity.tier())
+                .await,
+            self.quotas.refund_budget().await,
+        ];
+        for error in refunds.into_iter().filter_map(Result::err) {
+            tracing::warn!(%error, "a quota unit could not be given back");
+        }
+    }
+
+    fn refused_by(&self, error: QuotaError) -> Refused {
+        match error {
+            QuotaError::Exceeded(refusal) => {
+                self.observer.metrics().quota_rejected(refusal.limit);
+                match refusal.limit {
+                    LimitKind::CourtesyBudget => Refused::GatewayBusy {
+                        retry_after: refusal.retry_after,
+                    },
+                    _ => Refused::Quota(refusal),
+                }
+            }
+            QuotaError::Store(error) => Refused::StoreUnavailable(error),
+        }
+    }
+}
+
+/// What a retrieval came to: any answer from memory counts as
+/// deduplicated, any shared one as coalesced; only the retrieval that made
+/// the call may have made the MPC send an email.
+fn decide(answer: &Result<Answered, Refused>) -> Decision {
+    let Answered { settled, via } = match answer {
+        Ok(answered) => answered,
+        Err(refused) => {
+            return Decision {
+                outcome: refused.outcome(),
+                upstream_status: None,
+                may_have_emailed: false,
+            };
+        }
+    };
+    let (outcome, upstream_status, may_have_emailed) = match settled {
+        Ok(remembered) => {
+            let outcome = remembered.outcome();
+            let (retrieval, status) = match outcome {
+                Outcome::Sent { upstream } => (RetrievalOutcome::Sent, Some(upstream.status)),
+                Outcome::Rejected { upstream } => {
+                    (RetrievalOutcome::UpstreamRejected, Some(upstream.status))
+                }
+                Outcome::Uncertain {
+                    reason: Uncertainty::Timeout,
+                } => (RetrievalOutcome::UpstreamTimeout, None),
+                Outcome::Uncertain {
+                    reason: Uncertainty::ConnectionLost,
+                } => (RetrievalOutcome::UpstreamError, None),
+            };
+            (retrieval, status, outcome.may_have_emailed())
+        }
+        Err(failure) => (
+            RetrievalOutcome::UpstreamError,
+            failure.answer().map(|answer| answer.status),
+            false,
+        ),
+    };
+    Decision {
+        outcome: match via {
+            Via::Forwarded => outcome,
+            Via::Memory => RetrievalOutcome::Deduplicated,
+            Via::Collapsed => RetrievalOutcome::Coalesced,
+        },
+        upstream_status,
+        may_have_emailed: may_have_emailed && *via == Via::Forwarded,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::outcome::{MpcAnswer, Remembered};
+    use crate::upstream::UpstreamFailure;
+
+    fn answered(outcome: Outcome, via: Via) -> Result<Answered, Refused> {
+        let now = SystemTime::now();
+        let remembered = Remembered::new(outcome, now, now + Duration::from_secs(60), "a".into());
+        Ok(Answered {
+            settled: Ok(remembered),
+            via,
+        })
+    }
+
+    #[test]
+    fn only_the_retrieval_that_called_may_have_emailed() {
+        let sent = || Outcome::Sent {
+            upstream: MpcAnswer {
+                status: 200,
+                body: None,
+            },
+        };
+        let forwarded = decide(&answered(sent(), Via::Forwarded));
+        assert_eq!(forwarded.outcome, RetrievalOutcome::Sent);
+        assert_eq!(forwarded.upstream_status, Some(200));
+        assert!(forwarded.may_have_emailed);
+        for (via, outcome) in [
+            (Via::Memory, RetrievalOutcome::Deduplicated),
+            (Via::Collapsed, RetrievalOutcome::Coalesced),
+        ] {
+            let shared = decide(&answered(sent(), via));
+            assert_eq!(shared.outcome, outcome);
+            assert!(!shared.may_have_emailed, "{via:?}");
+        }
+    }
+
+    #[test]
+    fn each_outcome_is_decided_once() {
+        let timeout = decide(&answered(
+            Outcome::Uncertain {
+                reason: Uncertainty::Timeout,
+            },
+            Via::Forwarded,
+        ));
+        assert_eq!(timeout.outcome, RetrievalOutcome::UpstreamTimeout);
+        assert!(timeout.may_have_emailed);
+        let lost = decide(&answered(
+            Outcome::Uncertain {
+                reason: Uncertainty::ConnectionLost,
+            },
+            Via::Forwarded,
+        ));
+        assert_eq!(lost.outcome, RetrievalOutcome::UpstreamError);
+        assert!(lost.may_have_emailed);
+        let rejected = decide(&answered(
+            Outcome::Rejected {
+                upstream: MpcAnswer {
+                    status: 404,
+                    body: None,
+                },
+            },
+            Via::Forwarded,
+        ));
+        assert_eq!(rejected.outcome, RetrievalOutcome::UpstreamRejected);
+        assert_eq!(rejected.upstream_status, Some(404));
+        assert!(!rejected.may_have_emailed);
+        let failed = decide(&Ok(Answered {
+            settled: Err(UpstreamFailure::ServerError(MpcAnswer {
+                status: 503,
+                body: None,
+            })),
+            via: Via::Forwarded,
+        }));
+        assert_eq!(failed.outcome, RetrievalOutcome::UpstreamError);
+        assert_eq!(failed.upstream_status, Some(503));
+        assert!(!failed.may_have_emailed);
+        let refused = decide(&Err(Refused::GatewayBusy {
+            retry_after: Duration::from_secs(1),
+        }));
+        assert_eq!(refused.outcome, RetrievalOutcome::GatewayBusy);
+        assert!(!refused.may_have_emailed);
+        let unavailable = Refused::StoreUnavailable(StoreError {
+            operation: "claim",
+            reason: "down".into(),
+        });
+        assert_eq!(
+            decide(&Err(unavailable.clone())).outcome,
+            RetrievalOutcome::StoreUnavailable
+        );
+        assert_eq!(unavailable.retry_after(), Some(STORE_RETRY_AFTER));
+    }
+}
