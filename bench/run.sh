@@ -9,6 +9,12 @@
 #
 #   bench/run.sh                         # 5 rounds of 5 s per row
 #   ROUNDS=5 DURATION=10s bench/run.sh   # at most 9 rounds
+#   BASELINE=$(bench/baseline.sh REV) bench/run.sh
+#
+# With BASELINE, the path of another build's gateway binary, the gateway's
+# hit, invalid and miss rows are also measured against that binary (same
+# configuration, its own ports), next to this build's in every round, and the
+# script prints this build / baseline for each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +33,13 @@ GATEWAY_ADMIN=127.0.0.1:18411
 GATEWAY_LOGGED=127.0.0.1:18405
 GATEWAY_LOGGED_ADMIN=127.0.0.1:18415
 NGINX=127.0.0.1:18402
+GATEWAY_BASELINE=127.0.0.1:18406
+GATEWAY_BASELINE_ADMIN=127.0.0.1:18416
+BASELINE=${BASELINE:-}
+if [ -n "$BASELINE" ] && ! [ -x "$BASELINE" ]; then
+  echo "BASELINE=$BASELINE is not an executable (a gateway binary, e.g. from bench/baseline.sh)" >&2
+  exit 2
+fi
 URL_PATH=/api/action-codes/retrieve
 # The labels of bench/wrk/same_label.lua and invalid_label.lua.
 HIT_LABEL=2024-05-02T21:03:35.001_0000FzZw
@@ -45,7 +58,11 @@ if ! command -v nginx >/dev/null 2>&1 && ! [ -x /usr/sbin/nginx ]; then
 fi
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
 
-for address in "$FLOOR" "$FLOOR_ANSWER" "$FLOOR_INVALID" "$GATEWAY" "$GATEWAY_ADMIN" "$GATEWAY_LOGGED" "$GATEWAY_LOGGED_ADMIN" "$NGINX"; do
+addresses=("$FLOOR" "$FLOOR_ANSWER" "$FLOOR_INVALID" "$GATEWAY" "$GATEWAY_ADMIN" "$GATEWAY_LOGGED" "$GATEWAY_LOGGED_ADMIN" "$NGINX")
+if [ -n "$BASELINE" ]; then
+  addresses+=("$GATEWAY_BASELINE" "$GATEWAY_BASELINE_ADMIN")
+fi
+for address in "${addresses[@]}"; do
   if (exec 3<>"/dev/tcp/${address%:*}/${address#*:}") 2>/dev/null; then
     echo "$address is already taken: stop whatever listens there first" >&2
     exit 1
@@ -102,18 +119,28 @@ level = "$3"
 format = "json"
 TOML
 }
+# Starts the gateway binary $1 with the configuration file $2; its pid is
+# then ${pids[-1]}.
+start_gateway() {
+  "$1" --config "$2" >/dev/null 2>&1 &
+  pids+=($!)
+}
 # The gateway measured, and the same logging one JSON line per request (as
 # deployed, stdout read by a fast consumer), for the hit path's log cost.
 gateway_config "$GATEWAY" "$GATEWAY_ADMIN" warn >"$work/gateway.toml"
 gateway_config "$GATEWAY_LOGGED" "$GATEWAY_LOGGED_ADMIN" info >"$work/gateway_logged.toml"
-target/release/mpc-action-gateway --config "$work/gateway.toml" >/dev/null 2>&1 &
-pids+=($!)
-gateway_pid=$!
-target/release/mpc-action-gateway --config "$work/gateway_logged.toml" >/dev/null 2>&1 &
-pids+=($!)
-gateway_logged_pid=$!
+start_gateway target/release/mpc-action-gateway "$work/gateway.toml"
+gateway_pid=${pids[-1]}
+start_gateway target/release/mpc-action-gateway "$work/gateway_logged.toml"
+gateway_logged_pid=${pids[-1]}
 wait_for "$GATEWAY"
 wait_for "$GATEWAY_LOGGED"
+if [ -n "$BASELINE" ]; then
+  gateway_config "$GATEWAY_BASELINE" "$GATEWAY_BASELINE_ADMIN" warn >"$work/gateway_baseline.toml"
+  start_gateway "$BASELINE" "$work/gateway_baseline.toml"
+  gateway_baseline_pid=${pids[-1]}
+  wait_for "$GATEWAY_BASELINE"
+fi
 # Remember the label of the hit path before measuring it; then keep the hit
 # and invalid-label answers, which two more floors serve byte for byte: what
 # an answer alone (its status, size and headers) costs the framework and the
@@ -124,6 +151,9 @@ retrieve() {
 }
 retrieve "$GATEWAY" "$HIT_LABEL" -o /dev/null
 retrieve "$GATEWAY_LOGGED" "$HIT_LABEL" -o /dev/null
+if [ -n "$BASELINE" ]; then
+  retrieve "$GATEWAY_BASELINE" "$HIT_LABEL" -o /dev/null
+fi
 retrieve "$GATEWAY" "$HIT_LABEL" --include >"$work/hit_answer.http"
 retrieve "$GATEWAY" "$INVALID_LABEL" --include >"$work/invalid_answer.http"
 target/release/examples/floor "$FLOOR_ANSWER" "$work/hit_answer.http" >/dev/null 2>&1 &
@@ -185,17 +215,36 @@ measure() {
     "$cpu" "${errors:+   (non-2xx: $errors)}"
 }
 
+# Measures this build's gateway as row $1 with wrk script $2 in round $3 and,
+# with a BASELINE, the baseline's as row $1_baseline: one right after the
+# other, which goes first alternating from round to round.
+measure_gateway() {
+  local name=$1 script=$2 round=$3
+  if [ -z "$BASELINE" ]; then
+    measure "$name" "$GATEWAY" "$script" "$round" "$gateway_pid"
+  elif ((round % 2)); then
+    measure "$name" "$GATEWAY" "$script" "$round" "$gateway_pid"
+    measure "${name}_baseline" "$GATEWAY_BASELINE" "$script" "$round" "$gateway_baseline_pid"
+  else
+    measure "${name}_baseline" "$GATEWAY_BASELINE" "$script" "$round" "$gateway_baseline_pid"
+    measure "$name" "$GATEWAY" "$script" "$round" "$gateway_pid"
+  fi
+}
+
 echo "machine: $(nproc) cores, $(awk '/model name/ {$1=$2=$3=""; print; exit}' /proc/cpuinfo | sed 's/^ *//'); wrk -t1 -c$CONNECTIONS -d$DURATION; one worker each; $ROUNDS rounds"
 : >"$work/results"
+if [ -n "$BASELINE" ]; then
+  echo "baseline (rows *_baseline): $BASELINE"
+fi
 for round in $(seq "$ROUNDS"); do
   echo "round $round"
   measure floor "$FLOOR" same_label.lua "$round" "$floor_pid"
   measure floor_with_gateway_answer "$FLOOR_ANSWER" same_label.lua "$round" "$floor_answer_pid"
   measure floor_with_invalid_answer "$FLOOR_INVALID" invalid_label.lua "$round" "$floor_invalid_pid"
-  measure gateway_hit "$GATEWAY" same_label.lua "$round" "$gateway_pid"
+  measure_gateway gateway_hit same_label.lua "$round"
   measure gateway_hit_logged "$GATEWAY_LOGGED" same_label.lua "$round" "$gateway_logged_pid"
-  measure gateway_invalid "$GATEWAY" invalid_label.lua "$round" "$gateway_pid"
-  measure gateway_miss "$GATEWAY" new_label.lua "$round" "$gateway_pid"
+  measure_gateway gateway_invalid invalid_label.lua "$round"
+  measure_gateway gateway_miss new_label.lua "$round"
   if [ "$have_nginx" = yes ]; then
     # shellcheck disable=SC2086 # one argument per process
     measure nginx_hit "$NGINX" same_label.lua "$round" $nginx_pids
@@ -215,12 +264,21 @@ middle() {
 median() {
   awk -v row="$1" -v c="$(column "$2")" '$1 == row {print $c}' "$work/results" | middle %s
 }
-# The median over the rounds of row $1's figure $3 divided by row $2's, each
-# ratio taken within one round.
-ratio() {
+# Row $1's figure $3 divided by row $2's in each round, one line a round.
+round_ratios() {
   awk -v a="$1" -v b="$2" -v c="$(column "$3")" '
     $1 == a {x[$2] = $c} $1 == b {y[$2] = $c}
-    END { for (r in x) if ((r in y) && y[r] > 0) print x[r] / y[r] }' "$work/results" | middle %.2f
+    END { for (r in x) if ((r in y) && y[r] > 0) print x[r] / y[r] }' "$work/results"
+}
+# The median over the rounds of row $1's figure $3 divided by row $2's, each
+# ratio taken within one round.
+ratio() { round_ratios "$@" | middle %.2f; }
+# The same median, then the lowest and the highest of the rounds' ratios.
+ratio_range() {
+  local ratios
+  ratios=$(round_ratios "$@" | sort -g)
+  [ -n "$ratios" ] || { echo n/a; return; }
+  echo "$(middle %.2f <<<"$ratios") ($(head -n1 <<<"$ratios" | middle %.2f) to $(tail -n1 <<<"$ratios" | middle %.2f))"
 }
 
 echo
@@ -229,6 +287,7 @@ echo "| path | requests/s | p50 | p99 | server CPU per request |"
 echo "|---|---|---|---|---|"
 rows="floor floor_with_gateway_answer floor_with_invalid_answer gateway_hit gateway_hit_logged gateway_invalid gateway_miss"
 [ "$have_nginx" = yes ] && rows="$rows nginx_hit nginx_miss"
+[ -n "$BASELINE" ] && rows="$rows gateway_hit_baseline gateway_invalid_baseline gateway_miss_baseline"
 for row in $rows; do
   echo "| $row | $(median "$row" rps) | $(median "$row" p50) ms | $(median "$row" p99) ms | $(median "$row" cpu) us |"
 done
@@ -246,3 +305,14 @@ echo "  gateway hit / floor with the gateway's answer:       $(ratio gateway_hit
 echo "  gateway hit logging each request / gateway hit:      $(ratio gateway_hit_logged gateway_hit rps)   (log.level = info, JSON lines)"
 echo "  floor with the invalid answer / floor throughput:    $(ratio floor_with_invalid_answer floor rps)   (the 422's own cost: the most gateway invalid / floor can be)"
 echo "  gateway invalid / floor with the invalid answer:     $(ratio gateway_invalid floor_with_invalid_answer rps)   (the gateway's work)"
+if [ -n "$BASELINE" ]; then
+  echo
+  echo "this build / baseline (each ratio taken within a round; median over the rounds, then the lowest and the highest):"
+  echo "| path | requests/s | server CPU per request | p99 |"
+  echo "|---|---|---|---|"
+  for path in hit invalid miss; do
+    echo "| $path | $(ratio_range "gateway_$path" "gateway_${path}_baseline" rps) |" \
+      "$(ratio_range "gateway_$path" "gateway_${path}_baseline" cpu) |" \
+      "$(ratio_range "gateway_$path" "gateway_${path}_baseline" p99) |"
+  done
+fi
