@@ -128,11 +128,18 @@ impl Calls {
     }
 }
 
+/// Which labels get which answer.
+#[derive(Clone, Copy)]
+struct Rule {
+    applies: fn(&str) -> bool,
+    answer: Answer,
+}
+
 /// A fake MPC under construction: its rules, tried in order, the answer
 /// when none applies, and the counter it reports calls to.
 #[derive(Clone)]
 pub struct FakeMpc {
-    rules: Vec<(fn(&str) -> bool, Answer)>,
+    rules: Vec<Rule>,
     otherwise: Answer,
     calls: Option<Calls>,
 }
@@ -149,7 +156,7 @@ impl FakeMpc {
 
     /// Gives `answer` to the labels `applies` to, unless an earlier rule did.
     pub fn when(mut self, applies: fn(&str) -> bool, answer: Answer) -> Self {
-        self.rules.push((applies, answer));
+        self.rules.push(Rule { applies, answer });
         self
     }
 
@@ -165,8 +172,8 @@ impl FakeMpc {
     fn answer_for(&self, label: &str) -> &Answer {
         self.rules
             .iter()
-            .find(|(applies, _)| applies(label))
-            .map_or(&self.otherwise, |(_, answer)| answer)
+            .find(|rule| (rule.applies)(label))
+            .map_or(&self.otherwise, |rule| &rule.answer)
     }
 
     /// Binds a free loopback port and returns its address and the server,
