@@ -9,17 +9,16 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use actix_web::dev::Server;
-use actix_web::{App, HttpResponse, HttpServer, web};
-use serde::Deserialize;
 use serde_json::json;
 
 use crate::config::{DEFAULT_TIER, OptionalPath, Settings, TierSettings};
+use crate::upstream::fake::{self, Answer, FakeMpc};
 
 /// Labels the simulated MPC knows as real submissions.
 pub const KNOWN_LABELS: [&str; 6] = [
@@ -31,58 +30,39 @@ pub const KNOWN_LABELS: [&str; 6] = [
     "2024-01-15T10:30:00.123_ABCD1234",
 ];
 
-#[derive(Deserialize)]
-struct Request {
-    label: String,
-}
-
-struct Simulation {
-    slow_for: Duration,
-}
-
-async fn retrieve(request: web::Json<Request>, simulation: web::Data<Simulation>) -> HttpResponse {
-    let label = request.into_inner().label;
-    if label.starts_with("FAIL") {
-        tracing::warn!(%label, "simulated MPC: failing with 503 as asked");
-        return HttpResponse::ServiceUnavailable()
-            .json(json!({"error": "simulated failure (label starts with FAIL)"}));
-    }
-    if label.starts_with("SLOW") {
-        tracing::warn!(%label, "simulated MPC: answering too late, as asked");
-        tokio::time::sleep(simulation.slow_for).await;
-    }
-    if KNOWN_LABELS.contains(&label.as_str()) || label.starts_with("SLOW") {
-        tracing::info!(
-            %label,
-            "simulated MPC: would email the action code to the submitter (no email sent)"
-        );
-        HttpResponse::Ok().json(json!({
-            "message": "The action code has been sent to the original submitter (simulated: no email was sent)."
-        }))
-    } else {
-        tracing::info!(%label, "simulated MPC: no such submission");
-        HttpResponse::NotFound().json(json!({
-            "error": format!("No submission found for label {label} (simulated)."),
-            "known_labels": KNOWN_LABELS,
-        }))
-    }
+/// What the simulated MPC says when it accepts a label.
+fn accepted(_label: &str) -> serde_json::Value {
+    json!({
+        "message": "The action code has been sent to the original submitter (simulated: no email was sent)."
+    })
 }
 
 /// Starts the simulated MPC on a free loopback port.
 pub fn simulated_mpc(slow_for: Duration) -> std::io::Result<(SocketAddr, Server)> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let address = listener.local_addr()?;
-    let simulation = web::Data::new(Simulation { slow_for });
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(simulation.clone())
-            .route("/api/action-codes/retrieve", web::post().to(retrieve))
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)?
-    .run();
-    Ok((address, server))
+    let unknown = |label: &str| {
+        json!({
+            "error": format!("No submission found for label {label} (simulated)."),
+            "known_labels": KNOWN_LABELS,
+        })
+    };
+    let failure = |_: &str| json!({"error": "simulated failure (label starts with FAIL)"});
+    FakeMpc::answering(Answer::json(404, unknown).logged("no such submission"))
+        .when(
+            |label| label.starts_with("FAIL"),
+            Answer::json(503, failure).warned("failing with 503 as asked"),
+        )
+        .when(
+            |label| label.starts_with("SLOW"),
+            Answer::json(200, accepted)
+                .after(slow_for)
+                .warned("answering too late, as asked (no email sent)"),
+        )
+        .when(
+            |label| KNOWN_LABELS.contains(&label),
+            Answer::json(200, accepted)
+                .logged("would email the action code to the submitter (no email sent)"),
+        )
+        .start()
 }
 
 /// MPC calls per hour of the `default` tier in the demo, unless configured.
@@ -121,7 +101,7 @@ impl Demo {
         let slow_for = slow_answer_after(&settings);
         let base = format!("http://{mpc}");
         settings.upstream.base_url = base.parse().expect("a socket address makes a valid URL");
-        settings.upstream.path = "/api/action-codes/retrieve".to_owned();
+        settings.upstream.path = fake::PATH.to_owned();
         settings.upstream.simulated = true;
         settings.auth.allow_anonymous = true;
         let ignored_state_file = settings.dedup.state_file.get().map(ToOwned::to_owned);

@@ -2,27 +2,19 @@
 
 use std::time::Duration;
 
-use futures_util::future::join_all;
-use serde_json::{Value, json};
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, ResponseTemplate};
-
+use crate::helpers::mpc::mpc_accepting_after;
 use crate::helpers::{
-    MPC_PATH, TestApp, add_key, add_tier, assert_problem, captured_logs, mpc_answers, mpc_received,
+    TestApp, add_key, add_tier, assert_problem, captured_logs, mpc_answers, mpc_received,
     raise_open_files_limit, spawn_app_with,
 };
+use futures_util::future::join_all;
+use serde_json::{Value, json};
 
 const LABEL: &str = "2024-05-02T21:03:35.001_0000FzZw";
 
 /// The MPC accepting after `delay`, expecting exactly `calls` calls.
 async fn slow_mpc(app: &TestApp, delay: Duration, calls: u64) {
-    Mock::given(method("POST"))
-        .and(path(MPC_PATH))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"message": "queued"}))
-                .set_delay(delay),
-        )
+    mpc_accepting_after(delay)
         .expect(calls)
         .mount(&app.mpc)
         .await;

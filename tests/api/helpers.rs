@@ -1,6 +1,9 @@
 //! `spawn_app()`: a running gateway in front of a mock MPC, and a client for it.
 
+pub mod mpc;
 pub mod raw_mpc;
+
+pub use mpc::{mpc_answers, mpc_never_called};
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -16,8 +19,7 @@ use mpc_action_gateway::observe::logging;
 use mpc_action_gateway::reload::Reloader;
 use mpc_action_gateway::startup::{Application, RunError, Stopper};
 use serde_json::{Value, json};
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::MockServer;
 
 /// The MPC path the gateway forwards to.
 pub const MPC_PATH: &str = "/api/action-codes/retrieve";
@@ -394,26 +396,6 @@ async fn spawn(
         server: Some(server),
     };
     (app, reloader)
-}
-
-/// The MPC answering `status` with `body` to every retrieve call, expecting `calls` of them.
-pub async fn mpc_answers(app: &TestApp, status: u16, body: Value, calls: u64) {
-    Mock::given(method("POST"))
-        .and(path(MPC_PATH))
-        .respond_with(ResponseTemplate::new(status).set_body_json(body))
-        .expect(calls)
-        .mount(&app.mpc)
-        .await;
-}
-
-/// The MPC must not be called at all.
-pub async fn mpc_never_called(app: &TestApp) {
-    Mock::given(wiremock::matchers::any())
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
-        .expect(0)
-        .named("no call may reach the MPC")
-        .mount(&app.mpc)
-        .await;
 }
 
 impl TestApp {

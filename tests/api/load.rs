@@ -6,49 +6,34 @@
 //! the resident set flat once the remembered set holds every label.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix_web::{App, HttpResponse, HttpServer, web};
 use futures_util::StreamExt;
 use rand::Rng;
 use serde_json::{Value, json};
 
 use crate::helpers::{add_tier, test_settings};
 use mpc_action_gateway::startup::Application;
-
-/// MPC calls per label.
-type Calls = Arc<Mutex<HashMap<String, u32>>>;
+use mpc_action_gateway::upstream::fake::{Answer, Calls, FakeMpc};
 
 /// A fake MPC that counts calls per label, fails labels that start with `F`
 /// and refuses those that start with `R`. (wiremock keeps every request it
 /// matched, which would swamp the memory measurement.)
-async fn counting_mpc(calls: Calls) -> String {
-    async fn answer(body: web::Json<Value>, calls: web::Data<Calls>) -> HttpResponse {
-        let label = body["label"].as_str().unwrap_or_default().to_owned();
-        *calls.lock().unwrap().entry(label.clone()).or_default() += 1;
-        match label.chars().next() {
-            Some('F') => HttpResponse::InternalServerError().finish(),
-            Some('R') => HttpResponse::NotFound().json(json!({"error": "unknown"})),
-            _ => {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                HttpResponse::Ok().json(json!({"message": "queued"}))
-            }
-        }
-    }
-    let calls = web::Data::new(calls);
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(calls.clone())
-            .route("/api/action-codes/retrieve", web::post().to(answer))
-    })
-    .workers(1)
-    .bind("127.0.0.1:0")
-    .unwrap();
-    let address = format!("http://{}", server.addrs()[0]);
-    tokio::spawn(server.run());
-    address
+fn counting_mpc(calls: Calls) -> String {
+    let queued = Answer::json(200, |_| json!({"message": "queued"}));
+    let (address, server) = FakeMpc::answering(queued.after(Duration::from_millis(5)))
+        .when(|label| label.starts_with('F'), Answer::empty(500))
+        .when(
+            |label| label.starts_with('R'),
+            Answer::json(404, |_| json!({"error": "unknown"})),
+        )
+        .counting(calls)
+        .start()
+        .unwrap();
+    tokio::spawn(server);
+    format!("http://{address}")
 }
 
 /// Distinct valid labels the MPC accepts.
@@ -86,7 +71,7 @@ async fn a_minute_of_mixed_traffic() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(25);
     let calls = Calls::default();
-    let mpc = counting_mpc(Arc::clone(&calls)).await;
+    let mpc = counting_mpc(calls.clone());
     let mut settings = test_settings(&mpc);
     settings.dedup.max_entries = 20_000.try_into().unwrap();
     settings.upstream.max_per_minute = 1_000_000.try_into().unwrap();
@@ -228,7 +213,7 @@ async fn a_minute_of_mixed_traffic() {
             );
         }
     }
-    let calls = calls.lock().unwrap();
+    let calls = calls.per_label();
     let repeated: Vec<_> = calls
         .iter()
         .filter(|(label, count)| **count > 1 && !label.starts_with('F'))

@@ -6,11 +6,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, ResponseTemplate};
+use wiremock::ResponseTemplate;
 
+use crate::helpers::mpc::{mpc_call, mpc_replying};
 use crate::helpers::raw_mpc::{raw_mpc, reset_on_close};
-use crate::helpers::{MPC_PATH, TestApp, assert_problem, spawn_app_with};
+use crate::helpers::{TestApp, assert_problem, spawn_app_with};
 
 /// How the fake MPC ends the connection after reading the whole request.
 #[derive(Clone, Copy, Debug)]
@@ -189,8 +189,7 @@ fn json_of_size(size: usize) -> Vec<u8> {
 async fn an_mpc_body_is_kept_up_to_4_kib_and_dropped_above() {
     let app = spawn_app_with(|_| {}).await;
     for (label, size) in [("KEPT0001", 4096), ("DROPPED1", 4097)] {
-        Mock::given(method("POST"))
-            .and(path(MPC_PATH))
+        mpc_call()
             .and(wiremock::matchers::body_json(json!({"label": label})))
             .respond_with(
                 ResponseTemplate::new(200)
@@ -229,9 +228,7 @@ async fn an_mpc_body_is_kept_up_to_4_kib_and_dropped_above() {
 #[tokio::test]
 async fn a_body_that_is_not_json_is_null_whatever_its_size() {
     let app = spawn_app_with(|_| {}).await;
-    Mock::given(method("POST"))
-        .and(path(MPC_PATH))
-        .respond_with(ResponseTemplate::new(404).set_body_bytes(b"\xff\xfe<html>".to_vec()))
+    mpc_replying(ResponseTemplate::new(404).set_body_bytes(b"\xff\xfe<html>".to_vec()))
         .expect(1)
         .mount(&app.mpc)
         .await;

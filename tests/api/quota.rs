@@ -1,10 +1,11 @@
 //! Per-user limits and the gateway-wide courtesy budget.
 
 use serde_json::json;
-use wiremock::matchers::{body_partial_json, method, path};
-use wiremock::{Mock, ResponseTemplate};
+use wiremock::ResponseTemplate;
+use wiremock::matchers::body_partial_json;
 
-use crate::helpers::{MPC_PATH, add_key, add_tier, assert_problem, mpc_answers, spawn_app_with};
+use crate::helpers::mpc::mpc_call;
+use crate::helpers::{add_key, add_tier, assert_problem, mpc_answers, spawn_app_with};
 
 const ALICE: &str = "mpcgw_alice_key";
 const BOB: &str = "mpcgw_bob_key";
@@ -74,8 +75,7 @@ async fn refused_labels_cost_no_upstream_quota() {
 
 /// The MPC answering `status` to `label`, exactly `calls` times.
 async fn mpc_answers_label(app: &crate::helpers::TestApp, label: &str, status: u16, calls: u64) {
-    Mock::given(method("POST"))
-        .and(path(MPC_PATH))
+    mpc_call()
         .and(body_partial_json(json!({ "label": label })))
         .respond_with(ResponseTemplate::new(status).set_body_json(json!({})))
         .expect(calls)

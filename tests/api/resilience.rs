@@ -6,18 +6,16 @@ use std::time::{Duration, Instant};
 use mpc_action_gateway::clock::FakeClock;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, ResponseTemplate};
+use wiremock::ResponseTemplate;
 
+use crate::helpers::mpc::{mpc_accepting_after, mpc_replying};
 use crate::helpers::raw_mpc::raw_mpc;
 use crate::helpers::{
-    MPC_PATH, TestApp, add_tier, assert_problem, mpc_answers, spawn_app_with, spawn_app_with_clock,
+    TestApp, add_tier, assert_problem, mpc_answers, spawn_app_with, spawn_app_with_clock,
 };
 
 async fn mpc_fails(app: &TestApp, times: u64) {
-    Mock::given(method("POST"))
-        .and(path(MPC_PATH))
-        .respond_with(ResponseTemplate::new(500))
+    mpc_replying(ResponseTemplate::new(500))
         .up_to_n_times(times)
         .expect(times)
         .mount(&app.mpc)
@@ -244,9 +242,7 @@ async fn calls_beyond_max_concurrent_wait_for_a_slot() {
         add_tier(settings, "default", 1000, 1000, 1000);
     })
     .await;
-    Mock::given(method("POST"))
-        .and(path(MPC_PATH))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(300)))
+    mpc_replying(ResponseTemplate::new(200).set_delay(Duration::from_millis(300)))
         .expect(3)
         .mount(&app.mpc)
         .await;
@@ -281,9 +277,7 @@ async fn a_call_refused_for_want_of_a_slot_gives_its_budget_unit_back() {
         Arc::new(FakeClock::default()),
     )
     .await;
-    Mock::given(method("POST"))
-        .and(path(MPC_PATH))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(10)))
+    mpc_replying(ResponseTemplate::new(200).set_delay(Duration::from_secs(10)))
         .expect(3)
         .mount(&app.mpc)
         .await;
@@ -355,13 +349,7 @@ async fn oversized_or_too_many_headers_get_431_and_no_mpc_call() {
 #[tokio::test]
 async fn sigterm_during_a_slow_mpc_call_answers_the_caller_and_exits_0() {
     let mpc = wiremock::MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(MPC_PATH))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"message": "queued"}))
-                .set_delay(Duration::from_secs(3)),
-        )
+    mpc_accepting_after(Duration::from_secs(3))
         .expect(1)
         .mount(&mpc)
         .await;

@@ -3,12 +3,12 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use wiremock::matchers::{body_json, header, method, path};
-use wiremock::{Mock, ResponseTemplate};
+use wiremock::ResponseTemplate;
+use wiremock::matchers::{body_json, header};
 
+use crate::helpers::mpc::{mpc_call, mpc_replying};
 use crate::helpers::{
-    MPC_PATH, add_key, add_tier, assert_problem, mpc_answers, mpc_never_called, spawn_app,
-    spawn_app_with,
+    add_key, add_tier, assert_problem, mpc_answers, mpc_never_called, spawn_app, spawn_app_with,
 };
 
 const SUBMISSION_ID: &str = "2024-05-02T21:03:35.001_0000FzZw";
@@ -16,8 +16,7 @@ const SUBMISSION_ID: &str = "2024-05-02T21:03:35.001_0000FzZw";
 #[tokio::test]
 async fn accepted_label_is_forwarded_and_reported_sent() {
     let app = spawn_app().await;
-    Mock::given(method("POST"))
-        .and(path(MPC_PATH))
+    mpc_call()
         .and(header("content-type", "application/json"))
         .and(body_json(json!({ "label": SUBMISSION_ID })))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"message": "queued"})))
@@ -63,12 +62,7 @@ async fn any_2xx_is_sent_whatever_the_body() {
     ];
     for (status, template) in cases {
         let app = spawn_app().await;
-        Mock::given(method("POST"))
-            .and(path(MPC_PATH))
-            .respond_with(template)
-            .expect(1)
-            .mount(&app.mpc)
-            .await;
+        mpc_replying(template).expect(1).mount(&app.mpc).await;
 
         let response = app.retrieve("A10cnQO").await;
 
@@ -144,9 +138,7 @@ async fn slow_mpc_is_504_within_the_timeout() {
         settings.upstream.connect_timeout = Duration::from_millis(500);
     })
     .await;
-    Mock::given(method("POST"))
-        .and(path(MPC_PATH))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(5)))
+    mpc_replying(ResponseTemplate::new(200).set_delay(Duration::from_secs(5)))
         .expect(1)
         .mount(&app.mpc)
         .await;

@@ -9,8 +9,7 @@ use mpc_action_gateway::http::routes::retrieve::decode_body;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-use wiremock::{Mock, ResponseTemplate};
-
+use crate::helpers::mpc::mpc_answering_any_request;
 use crate::helpers::{add_tier, spawn_app_with};
 
 fn bodies() -> impl Strategy<Value = Vec<u8>> {
@@ -47,10 +46,7 @@ fn any_body_gets_200_or_a_4xx_problem() {
         })
         .await;
         // No expectation: each case counts the calls it caused.
-        Mock::given(wiremock::matchers::any())
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
-            .mount(&app.mpc)
-            .await;
+        mpc_answering_any_request().mount(&app.mpc).await;
         app
     });
     let config = ProptestConfig {
