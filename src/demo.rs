@@ -18,7 +18,7 @@ use actix_web::dev::Server;
 use serde_json::json;
 
 use crate::config::{DEFAULT_TIER, OptionalPath, Settings, TierSettings};
-use crate::upstream::fake::{self, Answer, FakeMpc};
+use crate::fake_mpc::{self, Answer, FakeMpc};
 
 /// Labels the simulated MPC knows as real submissions.
 pub const KNOWN_LABELS: [&str; 6] = [
@@ -101,7 +101,7 @@ impl Demo {
         let slow_for = slow_answer_after(&settings);
         let base = format!("http://{mpc}");
         settings.upstream.base_url = base.parse().expect("a socket address makes a valid URL");
-        settings.upstream.path = fake::PATH.to_owned();
+        settings.upstream.path = fake_mpc::PATH.to_owned();
         settings.upstream.simulated = true;
         settings.auth.allow_anonymous = true;
         let ignored_state_file = settings.dedup.state_file.get().map(ToOwned::to_owned);

@@ -7,6 +7,7 @@ pub mod config;
 pub mod dedup;
 pub mod demo;
 pub mod domain;
+pub mod fake_mpc;
 pub mod http;
 pub mod observe;
 pub mod quota;

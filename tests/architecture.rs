@@ -294,7 +294,6 @@ fn describe_cycles(imports: &Imports) -> Option<String> {
 }
 
 #[test]
-#[ignore = "enabled once the layout has no import cycles"]
 fn top_level_modules_import_each_other_without_cycles() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     if let Some(report) = describe_cycles(&imports_under(&src)) {

@@ -8,7 +8,6 @@
 //! first byte of the request is written counts as never connected.
 
 pub mod breaker;
-pub mod fake;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -15,8 +15,8 @@ use rand::Rng;
 use serde_json::{Value, json};
 
 use crate::helpers::{add_tier, test_settings};
+use mpc_action_gateway::fake_mpc::{Answer, Calls, FakeMpc};
 use mpc_action_gateway::startup::Application;
-use mpc_action_gateway::upstream::fake::{Answer, Calls, FakeMpc};
 
 /// A fake MPC that counts calls per label, fails labels that start with `F`
 /// and refuses those that start with `R`. (wiremock keeps every request it

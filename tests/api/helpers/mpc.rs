@@ -1,7 +1,7 @@
 //! The wiremock MPC's answers: every test builds its mocks here and still
 //! chooses its own `.expect(n)`. (The MPC misbehaving below HTTP is
 //! `raw_mpc`; the demo's and the load test's MPC is the library's
-//! `upstream::fake`.)
+//! `fake_mpc`.)
 
 use std::time::Duration;
 

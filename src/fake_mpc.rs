@@ -3,7 +3,7 @@
 //! the label, optionally counting the calls per label. It never sends email.
 //!
 //! ```no_run
-//! # use mpc_action_gateway::upstream::fake::{Answer, FakeMpc};
+//! # use mpc_action_gateway::fake_mpc::{Answer, FakeMpc};
 //! # use serde_json::json;
 //! let (address, server) = FakeMpc::answering(Answer::json(200, |_| json!({"message": "queued"})))
 //!     .when(|label| label.starts_with('R'), Answer::json(404, |_| json!({"error": "unknown"})))
@@ -22,7 +22,7 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::startup::AppFactory;
+use crate::http::AppFactory;
 
 /// The path the fake MPC answers on: the MPC's own.
 pub const PATH: &str = "/api/action-codes/retrieve";
