@@ -10,9 +10,9 @@ use std::sync::Arc;
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
+use mpc_action_gateway::auth::{Authenticator, key_digest};
 use mpc_action_gateway::clock::SystemClock;
 use mpc_action_gateway::config::Settings;
-use mpc_action_gateway::domain::identity::{Authenticator, key_digest};
 use mpc_action_gateway::quota::Quotas;
 
 const TRACKED_USERS: u32 = 10_000;

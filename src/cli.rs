@@ -9,9 +9,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
+use crate::auth::{generate_key, key_digest};
 use crate::config::Settings;
 use crate::demo;
-use crate::domain::identity::{generate_key, key_digest};
 use crate::domain::label::Label;
 use crate::observe::logging;
 use crate::startup::Application;

@@ -1,6 +1,7 @@
 //! mpc-action-gateway: an intranet gateway in front of the Minor Planet
 //! Center's Action Codes API.
 
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -9,6 +10,7 @@ pub mod demo;
 pub mod domain;
 pub mod fake_mpc;
 pub mod http;
+pub mod jobs;
 pub mod observe;
 pub mod quota;
 pub mod reload;

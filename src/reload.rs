@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use actix_web::web;
 use serde_json::Value;
 
+use crate::auth::Authenticator;
 use crate::config::{ConfigError, Settings};
-use crate::domain::identity::Authenticator;
 use crate::http::state::AppState;
 use crate::observe::logging::LevelHandle;
 

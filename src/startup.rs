@@ -10,13 +10,13 @@ use actix_web::{App, HttpServer, web};
 use arc_swap::ArcSwap;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
+use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Settings, UpstreamSettings};
 use crate::dedup::Dedup;
 use crate::dedup::persist::{self, Restored, StateFile};
-use crate::domain::identity::Authenticator;
 use crate::http::AppFactory;
 use crate::http::context::request_context;
 use crate::http::gate;
@@ -24,6 +24,7 @@ use crate::http::listener::{self, ConnectionLimits};
 use crate::http::routes;
 use crate::http::routes::admin::{AdminAccess, AdminState};
 use crate::http::state::{AppState, Readiness};
+use crate::jobs;
 use crate::observe::audit::AuditLog;
 use crate::observe::logging::LevelHandle;
 use crate::observe::metrics::Metrics;
@@ -37,17 +38,11 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{Semaphore, oneshot};
 
 /// Longest a client may take to send a request head, on every request of a
-/// connection (slow-loris guard; see src/listener.rs).
+/// connection (slow-loris guard; see src/http/listener.rs).
 const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long an idle keep-alive connection is kept open.
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
-
-/// How often idle users' limiter state is dropped.
-const QUOTA_HOUSEKEEPING: Duration = Duration::from_secs(60);
-
-/// How often remembered outcomes are written to the state file (when changed).
-const SAVE_EVERY: Duration = Duration::from_secs(30);
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -369,28 +364,20 @@ impl Application {
             hangup,
         } = self.signals;
         tokio::spawn(async move {
-            stop_signal(terminate, interrupt).await;
+            jobs::stop_signal(terminate, interrupt).await;
             stopper.stop().await;
         });
         // Without a reloader SIGHUP is still caught, and ignored, never fatal.
         let reloading = self
             .reloader
-            .map(|reloader| tokio::spawn(reload_on_hangup(reloader, hangup)));
-        let state = self.state.clone();
-        let housekeeping = tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(QUOTA_HOUSEKEEPING);
-            loop {
-                ticks.tick().await;
-                let tracked = state.quotas.retain_recent();
-                tracing::debug!(tracked_users = tracked, "dropped idle users' limiter state");
-            }
-        });
+            .map(|reloader| tokio::spawn(jobs::reload_on_hangup(reloader, hangup)));
+        let housekeeping = tokio::spawn(jobs::drop_idle_users(Arc::clone(&self.state.quotas)));
         let (stop_saving, saving_stopped) = oneshot::channel();
         let saver = self.state_file.map(|state_file| {
             let path = state_file.path().to_owned();
             let dedup = Arc::clone(&self.state.dedup);
             let metrics = Arc::clone(&self.state.metrics);
-            let job = keep_state_file(state_file, dedup, metrics, saving_stopped);
+            let job = jobs::keep_state_file(state_file, dedup, metrics, saving_stopped);
             (path, tokio::spawn(job))
         });
         let (public, admin) = tokio::join!(self.public, self.admin);
@@ -410,16 +397,6 @@ impl Application {
         public.and(admin)?;
         last_save?;
         Ok(())
-    }
-}
-
-/// Reloads the configuration on each SIGHUP, until the gateway stops.
-async fn reload_on_hangup(reloader: Arc<Reloader>, mut hangups: Signal) {
-    while hangups.recv().await.is_some() {
-        tracing::info!("SIGHUP: reloading the configuration");
-        let reloader = Arc::clone(&reloader);
-        // Reading the file is blocking I/O; a refusal is logged and counted.
-        let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
     }
 }
 
@@ -459,7 +436,7 @@ impl Stopper {
 fn open_state_file(path: &Path, dedup: &Dedup) -> Result<StateFile, StartupError> {
     let state_file = StateFile::open(path)?;
     let shown = path.display();
-    match state_file.restore(dedup, SystemTime::now())? {
+    match state_file.restore(dedup, dedup.now())? {
         Restored::Loaded(loaded) => {
             tracing::info!(
                 path = %shown,
@@ -496,52 +473,6 @@ fn open_state_file(path: &Path, dedup: &Dedup) -> Result<StateFile, StartupError
         ),
     }
     Ok(state_file)
-}
-
-/// Rewrites the state file every [`SAVE_EVERY`] while something changed
-/// since its last good write, then once more when `stop` fires (or its
-/// sender is gone); returns how that last write went. Owns the file, so
-/// its lock ends when the job does.
-async fn keep_state_file(
-    state_file: StateFile,
-    dedup: Arc<Dedup>,
-    metrics: Arc<Metrics>,
-    mut stop: oneshot::Receiver<()>,
-) -> std::io::Result<usize> {
-    let mut ticks = tokio::time::interval(SAVE_EVERY);
-    let mut saved = dedup.changes();
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            _ = ticks.tick() => {
-                let changes = dedup.changes();
-                // A failed write is tried again at the next tick.
-                if changes != saved && save(state_file.path(), &dedup, &metrics).await.is_ok() {
-                    saved = changes;
-                }
-            }
-        }
-    }
-    save(state_file.path(), &dedup, &metrics).await
-}
-
-/// Writes the state file once, off the async threads; logs and counts the result.
-async fn save(path: &Path, dedup: &Arc<Dedup>, metrics: &Metrics) -> std::io::Result<usize> {
-    let (target, dedup) = (path.to_owned(), Arc::clone(dedup));
-    let result = tokio::task::spawn_blocking(move || persist::save(&target, &dedup))
-        .await
-        .unwrap_or_else(|error| Err(std::io::Error::other(error)));
-    match &result {
-        Ok(count) => {
-            metrics.state_file_saved();
-            tracing::debug!(path = %path.display(), remembered = count, "state file written");
-        }
-        Err(error) => {
-            metrics.state_file_save_failed();
-            tracing::error!(path = %path.display(), %error, "cannot write the state file");
-        }
-    }
-    result
 }
 
 /// The public listener's limits; raises the open-file limit to fit them.
@@ -610,101 +541,5 @@ impl Signals {
             interrupt: listen(SignalKind::interrupt())?,
             hangup: listen(SignalKind::hangup())?,
         })
-    }
-}
-
-/// Returns at the first SIGTERM or SIGINT.
-async fn stop_signal(mut terminate: Signal, mut interrupt: Signal) {
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::DedupSettings;
-    use crate::dedup::{Outcome, Remembered};
-    use crate::domain::label::Label;
-    use crate::upstream::MpcAnswer;
-
-    fn dedup_with_one_outcome() -> Arc<Dedup> {
-        let dedup = Dedup::new(
-            &DedupSettings {
-                sent_ttl: Duration::from_secs(3600),
-                rejected_ttl: Duration::from_secs(600),
-                uncertain_ttl: Duration::from_secs(120),
-                max_entries: 1000.try_into().unwrap(),
-                state_file: Default::default(),
-            },
-            Arc::new(SystemClock),
-        );
-        let sent = Outcome::Sent {
-            upstream: MpcAnswer {
-                status: 200,
-                body: None,
-            },
-        };
-        let now = SystemTime::now();
-        let remembered = Remembered::new(sent, now, now + Duration::from_secs(60), "bob".into());
-        assert!(dedup.restore(Label::parse("A10cnQO").unwrap(), remembered));
-        dedup
-    }
-
-    fn saves(metrics: &Metrics, result: &str) -> String {
-        let series = format!("mpc_gateway_state_file_saves_total{{result=\"{result}\"}} ");
-        metrics
-            .render()
-            .lines()
-            .find_map(|line| line.strip_prefix(series.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| panic!("no series {series}"))
-    }
-
-    #[tokio::test]
-    async fn each_write_of_the_state_file_is_counted_by_result() {
-        let dir = tempfile::tempdir().unwrap();
-        let directory = dir.path().join("state");
-        std::fs::create_dir(&directory).unwrap();
-        let path = directory.join("state.json");
-        let (dedup, metrics) = (
-            dedup_with_one_outcome(),
-            Metrics::new(&routes::TEMPLATES, routes::UNMATCHED).unwrap(),
-        );
-
-        assert_eq!(save(&path, &dedup, &metrics).await.unwrap(), 1);
-        assert_eq!(
-            (saves(&metrics, "ok"), saves(&metrics, "error")),
-            ("1".into(), "0".into())
-        );
-        std::fs::remove_dir_all(&directory).unwrap();
-        save(&path, &dedup, &metrics).await.unwrap_err();
-        assert_eq!(
-            (saves(&metrics, "ok"), saves(&metrics, "error")),
-            ("1".into(), "1".into())
-        );
-    }
-
-    #[tokio::test]
-    async fn the_state_file_job_writes_once_more_when_stopped_then_lets_go_of_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.json");
-        let state_file = StateFile::open(&path).unwrap();
-        let (dedup, metrics) = (
-            dedup_with_one_outcome(),
-            Arc::new(Metrics::new(&routes::TEMPLATES, routes::UNMATCHED).unwrap()),
-        );
-        let (stop, stopped) = oneshot::channel();
-        let job = tokio::spawn(keep_state_file(
-            state_file,
-            Arc::clone(&dedup),
-            Arc::clone(&metrics),
-            stopped,
-        ));
-
-        stop.send(()).unwrap();
-        assert_eq!(job.await.unwrap().unwrap(), 1, "written on stop");
-        assert_eq!(saves(&metrics, "ok"), "1");
-        StateFile::open(&path).expect("the lock ends with the job");
     }
 }

@@ -10,7 +10,8 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, ResponseError, web};
 
-use crate::domain::identity::{AuthError, Identity};
+use crate::auth::AuthError;
+use crate::domain::identity::Identity;
 use crate::http::context::Notes;
 use crate::http::problem::Problem;
 use crate::http::routes::retrieve::refused_at_edge;

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use crate::domain::identity::AuthError;
+use crate::auth::AuthError;
 use crate::domain::label::{ACCEPTED_FORMATS, AcceptedFormat, LabelError};
 use crate::domain::outcome::{MpcAnswer, RetrievalOutcome, Uncertainty};
 use crate::quota::{Refusal, whole_seconds};

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 
+use crate::auth::Authenticator;
 use crate::dedup::Dedup;
-use crate::domain::identity::Authenticator;
 use crate::observe::metrics::Metrics;
 use crate::quota::Quotas;
 use crate::retrieval::Retrieval;

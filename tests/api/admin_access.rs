@@ -11,10 +11,10 @@ use std::time::{Duration, SystemTime};
 
 use actix_web::HttpServer;
 use actix_web::dev::ServerHandle;
+use mpc_action_gateway::auth::key_digest;
 use mpc_action_gateway::clock::SystemClock;
 use mpc_action_gateway::config::{LogFormat, Settings};
 use mpc_action_gateway::dedup::{Outcome, Remembered, Uncertainty};
-use mpc_action_gateway::domain::identity::key_digest;
 use mpc_action_gateway::domain::label::Label;
 use mpc_action_gateway::observe::logging;
 use mpc_action_gateway::startup::Gateway;

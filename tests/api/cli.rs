@@ -193,7 +193,7 @@ fn gen_key_prints_the_key_on_stderr_and_only_config_lines_on_stdout() {
     assert_eq!(entry["tier"].as_str(), Some("ops"));
     assert_eq!(
         entry["sha256"].as_str(),
-        Some(mpc_action_gateway::domain::identity::key_digest(key).as_str())
+        Some(mpc_action_gateway::auth::key_digest(key).as_str())
     );
 }
 
@@ -216,7 +216,7 @@ fn gen_key_output_appended_to_a_config_file_loads_and_admits_the_key() {
     )
     .expect("the appended file is a valid config");
     let key = stderr(&output).lines().next().unwrap().to_owned();
-    let digest = mpc_action_gateway::domain::identity::key_digest(&key);
+    let digest = mpc_action_gateway::auth::key_digest(&key);
     assert_eq!(settings.auth.keys.len(), 1);
     assert_eq!(settings.auth.keys[0].user, "alice");
     assert_eq!(settings.auth.keys[0].tier, "ops");

@@ -363,7 +363,7 @@ async fn admin_shows_who_asked_and_can_forget() {
 async fn admin_routes_require_the_token_when_one_is_set() {
     let token = "admin-token-for-tests";
     let app = roomy_app(|settings| {
-        settings.admin.token_sha256 = mpc_action_gateway::domain::identity::key_digest(token)
+        settings.admin.token_sha256 = mpc_action_gateway::auth::key_digest(token)
             .try_into()
             .unwrap();
     })

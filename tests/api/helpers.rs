@@ -10,11 +10,11 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use mpc_action_gateway::auth::key_digest;
 use mpc_action_gateway::clock::{Clock, SystemClock};
 use mpc_action_gateway::config::{
     ConfigError, KeyDigest, KeyEntry, LogFormat, Settings, TierSettings,
 };
-use mpc_action_gateway::domain::identity::key_digest;
 use mpc_action_gateway::observe::logging;
 use mpc_action_gateway::reload::Reloader;
 use mpc_action_gateway::startup::{Application, RunError, Stopper};

@@ -141,7 +141,7 @@ async fn keys_digests_and_authorization_values_never_reach_the_logs() {
         ),
         ("bad label", "x-api-key", KEY, 422, Some("alice")),
     ];
-    let digest = mpc_action_gateway::domain::identity::key_digest(KEY);
+    let digest = mpc_action_gateway::auth::key_digest(KEY);
     for (index, (label, header, value, status, user)) in cases.into_iter().enumerate() {
         let request_id = format!("identity-secrets-{index}");
         let response = app

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use mpc_action_gateway::auth::key_digest;
 use mpc_action_gateway::clock::FakeClock;
 use mpc_action_gateway::config::{ConfigError, Settings};
-use mpc_action_gateway::domain::identity::key_digest;
 use serde_json::{Value, json};
 
 use crate::helpers::{

@@ -12,9 +12,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::auth::bearer_token;
 use crate::config::{AdminSettings, KeyDigest};
 use crate::dedup::{Dedup, Outcome, Remembered};
-use crate::domain::identity::bearer_token;
 use crate::domain::label::{Label, LabelKind};
 use crate::http::problem::Problem;
 use crate::http::routes::Timestamp;
