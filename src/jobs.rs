@@ -97,8 +97,6 @@ pub async fn stop_signal(mut terminate: Signal, mut interrupt: Signal) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::SystemClock;
-    use crate::config::DedupSettings;
     use crate::dedup::{Outcome, Remembered};
     use crate::domain::label::Label;
     use crate::http::routes;
@@ -106,16 +104,7 @@ mod tests {
     use std::time::SystemTime;
 
     fn dedup_with_one_outcome() -> Arc<Dedup> {
-        let dedup = Dedup::new(
-            &DedupSettings {
-                sent_ttl: Duration::from_secs(3600),
-                rejected_ttl: Duration::from_secs(600),
-                uncertain_ttl: Duration::from_secs(120),
-                max_entries: 1000.try_into().unwrap(),
-                state_file: Default::default(),
-            },
-            Arc::new(SystemClock),
-        );
+        let dedup = crate::dedup::in_memory(1000);
         let sent = Outcome::Sent {
             upstream: MpcAnswer {
                 status: 200,

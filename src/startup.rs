@@ -162,14 +162,14 @@ impl Gateway {
             settings.upstream.breaker_failures.get(),
             settings.upstream.breaker_open_for,
         );
-        let retrieval = Retrieval::new(
-            Arc::clone(&dedup),
-            Arc::clone(&breaker),
-            Arc::clone(&quotas),
-            Arc::new(Semaphore::new(settings.upstream.max_concurrent.get())),
-            settings.upstream.timeout,
-            Observer::new(Arc::clone(&metrics), Arc::clone(&audit), clock),
-        );
+        let retrieval = Retrieval {
+            dedup: Arc::clone(&dedup),
+            breaker: Arc::clone(&breaker),
+            quotas: Arc::clone(&quotas),
+            slots: Arc::new(Semaphore::new(settings.upstream.max_concurrent.get())),
+            slot_wait: settings.upstream.timeout,
+            observer: Observer::new(Arc::clone(&metrics), Arc::clone(&audit), clock),
+        };
         let state = AppState {
             max_body_bytes: settings.server.max_body_bytes.get(),
             authenticator: ArcSwap::from_pointee(Authenticator::new(

@@ -218,6 +218,20 @@ impl Dedup {
     }
 }
 
+/// A memory of at most `max_entries` outcomes on the system clock, with the
+/// shipped lifetimes (1 h, 10 min, 2 min), for the unit tests of its users.
+#[cfg(test)]
+pub(crate) fn in_memory(max_entries: u64) -> Arc<Dedup> {
+    let lifetimes = Lifetimes {
+        sent: Duration::from_secs(3600),
+        rejected: Duration::from_secs(600),
+        uncertain: Duration::from_secs(120),
+    };
+    let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock);
+    let store = memory::MemoryStore::new(clock.clone(), max_entries, lifetimes.longest());
+    Dedup::with_store(Arc::new(store), lifetimes, max_entries, clock)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

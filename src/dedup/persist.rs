@@ -437,23 +437,13 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DedupSettings;
     use crate::dedup::Claim;
     use crate::upstream::{Reply, UpstreamFailure};
     use std::sync::Arc;
     use std::time::Duration;
 
     fn dedup() -> Arc<Dedup> {
-        Dedup::new(
-            &DedupSettings {
-                sent_ttl: Duration::from_secs(3600),
-                rejected_ttl: Duration::from_secs(600),
-                uncertain_ttl: Duration::from_secs(120),
-                max_entries: 1000.try_into().unwrap(),
-                state_file: Default::default(),
-            },
-            Arc::new(crate::clock::SystemClock),
-        )
+        crate::dedup::in_memory(1000)
     }
 
     /// The memory store answers at once: its futures need no runtime.
@@ -589,16 +579,7 @@ mod tests {
     }
 
     fn bounded_dedup(max_entries: u64) -> Arc<Dedup> {
-        Dedup::new(
-            &DedupSettings {
-                sent_ttl: Duration::from_secs(3600),
-                rejected_ttl: Duration::from_secs(600),
-                uncertain_ttl: Duration::from_secs(120),
-                max_entries: max_entries.try_into().unwrap(),
-                state_file: Default::default(),
-            },
-            Arc::new(crate::clock::SystemClock),
-        )
+        crate::dedup::in_memory(max_entries)
     }
 
     /// A sent outcome for `label` by `user`, requested `age` ago and current for an hour more.

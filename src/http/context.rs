@@ -170,25 +170,25 @@ pub async fn request_context(
     let user = user.as_deref();
     let label_kind = notes.0.label_kind.get().map(LabelKind::as_str);
     let outcome = notes.0.outcome.get().map(RetrievalOutcome::as_str);
+    // tracing's levels are fixed per call site: one site per level.
+    macro_rules! finished {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                status,
+                latency_ms,
+                user,
+                label_kind,
+                outcome,
+                "request finished"
+            )
+        };
+    }
     span.in_scope(|| {
         if response.status().is_server_error() {
-            tracing::warn!(
-                status,
-                latency_ms,
-                user,
-                label_kind,
-                outcome,
-                "request finished"
-            );
+            finished!(tracing::Level::WARN)
         } else {
-            tracing::info!(
-                status,
-                latency_ms,
-                user,
-                label_kind,
-                outcome,
-                "request finished"
-            );
+            finished!(tracing::Level::INFO)
         }
     });
     Ok(response)

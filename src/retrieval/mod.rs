@@ -111,34 +111,21 @@ pub struct Retrieved {
 
 /// The parts a retrieval passes through, shared by every route.
 pub struct Retrieval {
-    dedup: Arc<Dedup>,
-    breaker: Arc<Breaker>,
-    quotas: Arc<Quotas>,
-    slots: Arc<Semaphore>,
-    slot_wait: Duration,
-    observer: Observer,
+    /// Remembered outcomes and claims.
+    pub dedup: Arc<Dedup>,
+    /// Stops calling a failing MPC.
+    pub breaker: Arc<Breaker>,
+    /// The user's upstream quota and the courtesy budget.
+    pub quotas: Arc<Quotas>,
+    /// One permit per MPC call allowed under way (`upstream.max_concurrent`).
+    pub slots: Arc<Semaphore>,
+    /// Longest wait for a free call slot.
+    pub slot_wait: Duration,
+    /// Records each decision.
+    pub observer: Observer,
 }
 
 impl Retrieval {
-    /// The use case over these parts; a slot is waited for at most `slot_wait`.
-    pub fn new(
-        dedup: Arc<Dedup>,
-        breaker: Arc<Breaker>,
-        quotas: Arc<Quotas>,
-        slots: Arc<Semaphore>,
-        slot_wait: Duration,
-        observer: Observer,
-    ) -> Self {
-        Self {
-            dedup,
-            breaker,
-            quotas,
-            slots,
-            slot_wait,
-            observer,
-        }
-    }
-
     /// Retrieves the action code for `label` on behalf of `identity`:
     /// answers from memory, joins the call under way, or asks the MPC, and
     /// records the decision (metric and audit line).
@@ -394,34 +381,44 @@ mod tests {
 
     #[test]
     fn each_outcome_is_decided_once() {
-        let timeout = decide(&answered(
-            Outcome::Uncertain {
-                reason: Uncertainty::Timeout,
-            },
-            Via::Forwarded,
-        ));
-        assert_eq!(timeout.outcome, RetrievalOutcome::UpstreamTimeout);
-        assert!(timeout.may_have_emailed);
-        let lost = decide(&answered(
-            Outcome::Uncertain {
-                reason: Uncertainty::ConnectionLost,
-            },
-            Via::Forwarded,
-        ));
-        assert_eq!(lost.outcome, RetrievalOutcome::UpstreamError);
-        assert!(lost.may_have_emailed);
-        let rejected = decide(&answered(
-            Outcome::Rejected {
-                upstream: MpcAnswer {
-                    status: 404,
-                    body: None,
+        let answer = |status| MpcAnswer { status, body: None };
+        let cases = [
+            (
+                Outcome::Uncertain {
+                    reason: Uncertainty::Timeout,
                 },
-            },
-            Via::Forwarded,
-        ));
-        assert_eq!(rejected.outcome, RetrievalOutcome::UpstreamRejected);
-        assert_eq!(rejected.upstream_status, Some(404));
-        assert!(!rejected.may_have_emailed);
+                RetrievalOutcome::UpstreamTimeout,
+                None,
+                true,
+            ),
+            (
+                Outcome::Uncertain {
+                    reason: Uncertainty::ConnectionLost,
+                },
+                RetrievalOutcome::UpstreamError,
+                None,
+                true,
+            ),
+            (
+                Outcome::Rejected {
+                    upstream: answer(404),
+                },
+                RetrievalOutcome::UpstreamRejected,
+                Some(404),
+                false,
+            ),
+        ];
+        for (outcome, expected, status, emailed) in cases {
+            let decision = decide(&answered(outcome, Via::Forwarded));
+            assert_eq!(
+                (
+                    decision.outcome,
+                    decision.upstream_status,
+                    decision.may_have_emailed
+                ),
+                (expected, status, emailed)
+            );
+        }
         let failed = decide(&Ok(Answered {
             settled: Err(UpstreamFailure::ServerError(MpcAnswer {
                 status: 503,
