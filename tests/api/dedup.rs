@@ -1,13 +1,15 @@
 //! Never the same email twice: remembered outcomes, coalescing, persistence.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::helpers::mpc::mpc_accepting_after;
 use crate::helpers::{
     TestApp, add_key, add_tier, assert_problem, captured_logs, mpc_answers, mpc_received,
-    raise_open_files_limit, spawn_app_with,
+    raise_open_files_limit, spawn_app_with, spawn_app_with_clock,
 };
 use futures_util::future::join_all;
+use mpc_action_gateway::clock::FakeClock;
 use serde_json::{Value, json};
 
 const LABEL: &str = "2024-05-02T21:03:35.001_0000FzZw";
@@ -273,15 +275,19 @@ async fn a_timeout_is_remembered_as_uncertain() {
 
 #[tokio::test]
 async fn the_next_request_after_the_lifetime_is_forwarded_again() {
-    let ttl = Duration::from_secs(2);
-    let app = roomy_app(|settings| settings.dedup.sent_ttl = ttl).await;
+    let ttl = Duration::from_secs(3600);
+    let clock = Arc::new(FakeClock::default());
+    let customise = |settings: &mut mpc_action_gateway::config::Settings| {
+        add_tier(settings, "default", 100_000, 1000, 1000);
+        settings.dedup.sent_ttl = ttl;
+    };
+    let app = spawn_app_with_clock(customise, clock.clone()).await;
     mpc_answers(&app, 200, json!({}), 2).await;
 
     let first: Value = app.retrieve("A10cnQO").await.json().await.unwrap();
-    // The outcome was stored before its answer came back: it expires by then.
-    let expired_by = tokio::time::Instant::now() + ttl + Duration::from_millis(10);
+    clock.advance(ttl - Duration::from_secs(1));
     let second: Value = app.retrieve("A10cnQO").await.json().await.unwrap();
-    tokio::time::sleep_until(expired_by).await;
+    clock.advance(Duration::from_secs(1));
     let third: Value = app.retrieve("A10cnQO").await.json().await.unwrap();
 
     assert_eq!(first["status"], "sent");

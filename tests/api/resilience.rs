@@ -283,12 +283,15 @@ async fn a_call_refused_for_want_of_a_slot_gives_its_budget_unit_back() {
         .await;
 
     // One slot, calls of 1 s (they time out): the first holds it, the second
-    // takes it after, the third's wait of 1 s ends before it is free.
-    let (a, b, c) = tokio::join!(
-        app.retrieve("A10cnQO"),
-        app.retrieve("A10cnQP"),
-        app.retrieve("A10cnQQ")
-    );
+    // takes it after, the third's wait of 1 s ends before it is free. The
+    // others ask only once the first call has reached the MPC, so that their
+    // waits end after its timeout.
+    let first = app.retrieve("A10cnQO");
+    let others = async {
+        crate::helpers::mpc_received(&app.mpc, 1).await;
+        tokio::join!(app.retrieve("A10cnQP"), app.retrieve("A10cnQQ"))
+    };
+    let (a, (b, c)) = tokio::join!(first, others);
     let mut statuses: Vec<u16> = [a, b, c].iter().map(|r| r.status().as_u16()).collect();
     statuses.sort_unstable();
     assert_eq!(statuses, [503, 504, 504], "one found no slot");
