@@ -237,6 +237,7 @@ mod tests {
     use super::*;
     use crate::clock::FakeClock;
     use crate::domain::outcome::MpcAnswer;
+    use crate::store::StoreFuture;
     use crate::upstream::Reply;
 
     #[test]
@@ -254,6 +255,77 @@ mod tests {
             reason: Uncertainty::Timeout,
         };
         assert_eq!(uncertain.as_str(), "uncertain");
+    }
+
+    /// A store whose every claim has lapsed by the time its call begins,
+    /// as a shared store's may when another replica took the label over.
+    struct Lapsing(memory::MemoryStore);
+
+    impl DedupStore for Lapsing {
+        fn get<'a>(&'a self, label: &'a Label) -> StoreFuture<'a, Option<Remembered>> {
+            self.0.get(label)
+        }
+        fn claim<'a>(
+            &'a self,
+            label: &'a Label,
+            hold_for: Duration,
+        ) -> StoreFuture<'a, store::Claim> {
+            self.0.claim(label, hold_for)
+        }
+        fn begin_call<'a>(&'a self, _claim: &'a store::ClaimId) -> StoreFuture<'a, ()> {
+            Box::pin(std::future::ready(Err(StoreError {
+                operation: "begin_call",
+                reason: "the claim was taken over".into(),
+            })))
+        }
+        fn settle<'a>(&'a self, claim: store::ClaimId, settled: Settled) -> StoreFuture<'a, ()> {
+            self.0.settle(claim, settled)
+        }
+        fn release(&self, claim: store::ClaimId) {
+            self.0.release(claim)
+        }
+        fn forget<'a>(&'a self, label: &'a Label) -> StoreFuture<'a, Option<Remembered>> {
+            self.0.forget(label)
+        }
+        fn restore(&self, label: Label, remembered: Remembered) -> bool {
+            self.0.restore(label, remembered)
+        }
+        fn snapshot(&self) -> Vec<(Label, Remembered)> {
+            self.0.snapshot()
+        }
+        fn len(&self) -> u64 {
+            self.0.len()
+        }
+        fn in_flight(&self) -> usize {
+            self.0.in_flight()
+        }
+        fn changes(&self) -> u64 {
+            self.0.changes()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lapsed_claim_refuses_to_begin_the_call_and_frees_the_label() {
+        let clock: Arc<dyn Clock> = Arc::new(FakeClock::default());
+        let lifetimes = Lifetimes {
+            sent: Duration::from_secs(3600),
+            rejected: Duration::from_secs(600),
+            uncertain: Duration::from_secs(120),
+        };
+        let store = Lapsing(memory::MemoryStore::new(
+            clock.clone(),
+            10,
+            lifetimes.longest(),
+        ));
+        let dedup = Dedup::with_store(Arc::new(store), lifetimes, 10, clock);
+        let label = Label::parse("A10cnQO").unwrap();
+        let Ok(Claim::Lead(lease)) = dedup.claim(&label).await else {
+            panic!("expected to lead")
+        };
+        let refused = lease.begin_call().await.unwrap_err();
+        assert_eq!(refused.operation, "begin_call");
+        drop(lease);
+        assert_eq!(dedup.in_flight(), 0, "the claim given up is released");
     }
 
     #[tokio::test]

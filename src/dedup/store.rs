@@ -201,9 +201,11 @@ pub(crate) mod suite {
         let (clock, dedup) = dedup(fixture);
         let l = label("A10cnQO");
         let lease = lead(&dedup, &l).await;
+        assert_eq!(dedup.in_flight(), 1, "the claim is held");
         let Claim::Wait(waiter) = dedup.claim(&l).await.unwrap() else {
             panic!("expected to wait")
         };
+        assert_eq!(dedup.in_flight(), 1, "a waiter holds no claim");
         lease.begin_call().await.unwrap();
         let settled = lease.settle(&accepted(), "alice".into()).await.unwrap();
         assert_eq!(settled.user(), "alice");
