@@ -44,11 +44,6 @@ impl Limit {
         self.period
     }
 
-    /// Nanoseconds between two units at the sustained rate.
-    pub fn interval(&self) -> u64 {
-        self.interval
-    }
-
     /// How far ahead of now a key's TAT may run: the burst, in nanoseconds.
     pub fn tolerance(&self) -> u64 {
         self.interval.saturating_mul(u64::from(self.burst.get()))

@@ -311,6 +311,12 @@ mod tests {
     }
 
     #[test]
+    fn a_tier_states_its_upstream_limit_as_a_ratelimit_policy() {
+        let tier = tier(60, 10, 2);
+        assert_eq!(tier.upstream_policy, "\"upstream\";q=10;w=3600");
+    }
+
+    #[test]
     fn limits_are_named_as_the_spec_names_them() {
         let names = LimitKind::ALL.map(LimitKind::as_str);
         assert_eq!(
