@@ -233,7 +233,7 @@ pub fn save(path: &Path, dedup: &Dedup) -> io::Result<usize> {
     let count = entries.len();
     let document = Document {
         version: FORMAT_VERSION,
-        saved_at: SystemTime::now(),
+        saved_at: dedup.now(),
         entries,
     };
 
