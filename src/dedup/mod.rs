@@ -56,15 +56,9 @@ impl Lifetimes {
     }
 }
 
-/// What a caller gets when asking about a label.
-pub enum Claim {
-    /// An outcome is remembered: answer from memory.
-    Remembered(Remembered),
-    /// A call for the label is under way: wait for its result.
-    Wait(Waiter),
-    /// Nothing is known or under way: this caller leads the call.
-    Lead(Lease),
-}
+/// What a caller gets when asking about a label: remembered, wait, or lead
+/// the call with a [`Lease`].
+pub type Claim = store::Claim<Lease>;
 
 /// The right, and duty, to make the one MPC call for a label.
 pub struct Lease {
@@ -160,16 +154,11 @@ impl Dedup {
     pub async fn claim(self: &Arc<Self>, label: &Label) -> Result<Claim, StoreError> {
         // A claim whose holder vanished mid-call may have emailed: it keeps
         // the label as long as an uncertain outcome would.
-        Ok(
-            match self.store.claim(label, self.lifetimes.uncertain).await? {
-                store::Claim::Remembered(remembered) => Claim::Remembered(remembered),
-                store::Claim::Wait(waiter) => Claim::Wait(waiter),
-                store::Claim::Lead(claim) => Claim::Lead(Lease {
-                    dedup: Arc::clone(self),
-                    claim: Some(claim),
-                }),
-            },
-        )
+        let claim = self.store.claim(label, self.lifetimes.uncertain).await?;
+        Ok(claim.map_lead(|claim| Lease {
+            dedup: Arc::clone(self),
+            claim: Some(claim),
+        }))
     }
 
     /// Puts a saved outcome back (loading the state file), unless one is current.

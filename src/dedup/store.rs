@@ -19,14 +19,26 @@ use crate::upstream::UpstreamFailure;
 /// How an MPC call settled: remembered, or a failure that certainly sent nothing.
 pub type Settled = Result<Remembered, UpstreamFailure>;
 
-/// What the store answers to a claim on a label.
-pub enum Claim {
+/// What a claim on a label comes to. The store hands out a [`ClaimId`] to
+/// lead with; the dedup policy wraps it in its `Lease`.
+pub enum Claim<Lead = ClaimId> {
     /// An outcome is remembered: answer from it.
     Remembered(Remembered),
     /// A call for the label is under way: wait for its result.
     Wait(Waiter),
     /// Nothing is known or under way: this caller holds the claim.
-    Lead(ClaimId),
+    Lead(Lead),
+}
+
+impl<Lead> Claim<Lead> {
+    /// The same claim, with what leading hands out turned by `lead`.
+    pub fn map_lead<Other>(self, lead: impl FnOnce(Lead) -> Other) -> Claim<Other> {
+        match self {
+            Self::Remembered(remembered) => Claim::Remembered(remembered),
+            Self::Wait(waiter) => Claim::Wait(waiter),
+            Self::Lead(held) => Claim::Lead(lead(held)),
+        }
+    }
 }
 
 /// A claim on a label, fenced by a token unique to this claim.
