@@ -211,14 +211,16 @@ impl Dedup {
 /// shipped lifetimes (1 h, 10 min, 2 min), for the unit tests of its users.
 #[cfg(test)]
 pub(crate) fn in_memory(max_entries: u64) -> Arc<Dedup> {
-    let lifetimes = Lifetimes {
-        sent: Duration::from_secs(3600),
-        rejected: Duration::from_secs(600),
-        uncertain: Duration::from_secs(120),
+    let settings = DedupSettings {
+        sent_ttl: Duration::from_secs(3600),
+        rejected_ttl: Duration::from_secs(600),
+        uncertain_ttl: Duration::from_secs(120),
+        max_entries: max_entries
+            .try_into()
+            .expect("a test memory holds something"),
+        state_file: Default::default(),
     };
-    let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock);
-    let store = memory::MemoryStore::new(clock.clone(), max_entries, lifetimes.longest());
-    Dedup::with_store(Arc::new(store), lifetimes, max_entries, clock)
+    Dedup::new(&settings, Arc::new(crate::clock::SystemClock))
 }
 
 #[cfg(test)]

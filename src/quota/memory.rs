@@ -47,13 +47,6 @@ impl MemoryStore {
         decision
     }
 
-    /// Forgets keys whose state equals a fresh key's; returns how many remain.
-    pub fn retain_recent_now(&self) -> usize {
-        let now = nanos(self.clock.now());
-        self.tats.retain(|_, tat| *tat > now);
-        self.tats.len()
-    }
-
     /// How many keys have state.
     pub fn len(&self) -> usize {
         self.tats.len()
@@ -71,7 +64,9 @@ impl RateStore for MemoryStore {
     }
 
     fn retain_recent(&self) -> usize {
-        self.retain_recent_now()
+        let now = nanos(self.clock.now());
+        self.tats.retain(|_, tat| *tat > now);
+        self.tats.len()
     }
 
     fn tracked(&self) -> usize {

@@ -196,7 +196,7 @@ impl Quotas {
     pub fn retain_recent(&self) -> usize {
         self.budget.retain_recent();
         self.requests
-            .retain_recent_now()
+            .retain_recent()
             .max(self.upstream.retain_recent())
     }
 
