@@ -254,9 +254,7 @@ impl Retrieval {
             .await
             .map_err(|error| self.refused_by(error))?;
         if let Err(error) = self.quotas.admit_budget().await {
-            if let Err(error) = self.quotas.refund_upstream(user, tier).await {
-                tracing::warn!(%error, "an upstream quota unit could not be given back");
-            }
+            given_back(self.quotas.refund_upstream(user, tier).await);
             if matches!(error, QuotaError::Exceeded(_)) {
                 tracing::warn!("courtesy budget towards the MPC is spent");
             }
@@ -267,15 +265,12 @@ impl Retrieval {
 
     /// Gives back what [`Retrieval::charge`] took, when nothing was sent.
     async fn refund(&self, identity: &Identity) {
-        let refunds = [
+        given_back(
             self.quotas
                 .refund_upstream(identity.user(), identity.tier())
                 .await,
-            self.quotas.refund_budget().await,
-        ];
-        for error in refunds.into_iter().filter_map(Result::err) {
-            tracing::warn!(%error, "a quota unit could not be given back");
-        }
+        );
+        given_back(self.quotas.refund_budget().await);
     }
 
     fn refused_by(&self, error: QuotaError) -> Refused {
@@ -291,6 +286,13 @@ impl Retrieval {
             }
             QuotaError::Store(error) => Refused::StoreUnavailable(error),
         }
+    }
+}
+
+/// Logs a quota unit that could not be given back: it stays spent, though nothing was sent.
+fn given_back(refund: Result<(), StoreError>) {
+    if let Err(error) = refund {
+        tracing::warn!(%error, "a quota unit could not be given back");
     }
 }
 
