@@ -15,7 +15,7 @@ use crate::auth::AuthError;
 use crate::domain::label::{ACCEPTED_FORMATS, AcceptedFormat, LabelError};
 use crate::domain::outcome::{MpcAnswer, RetrievalOutcome, Uncertainty};
 use crate::quota::{Refusal, whole_seconds};
-use crate::retrieval::Refused;
+use crate::retrieval::{Refused, STORE_RETRY_AFTER};
 use crate::store::StoreError;
 
 /// Media type of every error body.
@@ -388,14 +388,15 @@ fn accepted_formats_json() -> &'static RawValue {
 
 impl From<Refused> for Problem {
     fn from(refused: Refused) -> Self {
-        let retry_after = refused.retry_after().unwrap_or(Duration::from_secs(1));
         match refused {
             Refused::CircuitOpen { retry_after } => Self::CircuitOpen { retry_after },
             Refused::Quota(refusal) => Self::QuotaExceeded(refusal),
             Refused::GatewayBusy { retry_after } => Self::GatewayBusy { retry_after },
             Refused::StoreUnavailable(error) => {
                 tracing::warn!(%error, "the shared store failed");
-                Self::StoreUnavailable { retry_after }
+                Self::StoreUnavailable {
+                    retry_after: STORE_RETRY_AFTER,
+                }
             }
             Refused::Interrupted => {
                 Self::UpstreamError("The call to the MPC was interrupted".to_owned())

@@ -23,7 +23,7 @@ use crate::upstream::MpcClient;
 use crate::upstream::breaker::Breaker;
 
 /// How long a caller is asked to wait when the shared store failed.
-const STORE_RETRY_AFTER: Duration = Duration::from_secs(1);
+pub const STORE_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// How long a caller is asked to wait when every MPC call slot stayed busy.
 const SLOTS_RETRY_AFTER: Duration = Duration::from_secs(1);
