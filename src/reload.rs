@@ -111,6 +111,10 @@ fn restart_needed(running: &Settings, new: &Settings) -> Vec<String> {
     if running.admin.token_sha256 != new.admin.token_sha256 && !changed.iter().any(|k| k == token) {
         changed.push(token.to_owned());
     }
+    let url = "store.redis_url";
+    if running.store.redis_url != new.store.redis_url && !changed.iter().any(|k| k == url) {
+        changed.push(url.to_owned());
+    }
     changed.retain(|key| {
         !RELOADABLE
             .iter()

@@ -14,16 +14,16 @@ use std::time::Duration;
 
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Settings, UpstreamSettings};
-use crate::dedup::Dedup;
+use crate::config::{Settings, StoreBackend, UpstreamSettings};
 use crate::dedup::persist::{self, Restored, StateFile};
+use crate::dedup::{Dedup, Lifetimes};
 use crate::http::AppFactory;
 use crate::http::context::request_context;
 use crate::http::gate;
 use crate::http::listener::{self, ConnectionLimits};
 use crate::http::routes;
 use crate::http::routes::admin::{AdminAccess, AdminState};
-use crate::http::state::{AppState, Readiness};
+use crate::http::state::{AppState, Readiness, StoreHealth};
 use crate::jobs;
 use crate::observe::audit::AuditLog;
 use crate::observe::logging::LevelHandle;
@@ -32,6 +32,8 @@ use crate::observe::record::Observer;
 use crate::quota::Quotas;
 use crate::reload::{Loader, Reloader};
 use crate::retrieval::Retrieval;
+use crate::store::StoreError;
+use crate::store::redis::{Redis, check_eviction_policy};
 use crate::upstream::breaker::Breaker;
 use crate::upstream::{MpcClient, tls_config};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -79,6 +81,9 @@ pub enum StartupError {
     /// The stop and reload signals cannot be listened to.
     #[error("cannot listen for SIGTERM, SIGINT and SIGHUP: {0}")]
     Signals(std::io::Error),
+    /// The shared store's address cannot be used.
+    #[error("cannot use the shared store (store.redis_url): {0}")]
+    Store(#[from] StoreError),
     /// The metrics could not be registered (a programming error).
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -113,6 +118,7 @@ pub enum RunError {
 #[derive(Clone)]
 pub struct Gateway {
     state: web::Data<AppState>,
+    store: web::Data<StoreHealth>,
     readiness: web::Data<Readiness>,
     metrics: web::Data<Metrics>,
     audit: web::Data<AuditLog>,
@@ -138,7 +144,8 @@ impl Gateway {
             source,
         })?
         .simulated(settings.upstream.simulated);
-        let dedup = Dedup::new(&settings.dedup, Arc::clone(&clock));
+        let shared = SharedState::open(settings, &metrics, &clock)?;
+        let dedup = Arc::clone(&shared.dedup);
         let access = AdminAccess::from_settings(&settings.admin);
         if access == AdminAccess::Closed {
             tracing::warn!(
@@ -153,10 +160,7 @@ impl Gateway {
             access,
         };
         let audit = Arc::new(audit);
-        let quotas = Arc::new(Quotas::new(
-            Arc::clone(&clock),
-            settings.upstream.max_per_minute,
-        ));
+        let quotas = Arc::clone(&shared.quotas);
         let breaker = Breaker::new(
             Arc::clone(&clock),
             settings.upstream.breaker_failures.get(),
@@ -184,6 +188,7 @@ impl Gateway {
         };
         Ok(Self {
             state: web::Data::new(state),
+            store: web::Data::new(shared.health),
             readiness: web::Data::new(Readiness::default()),
             metrics: web::Data::from(metrics),
             audit: web::Data::from(audit),
@@ -223,12 +228,74 @@ impl Gateway {
         App::new()
             .wrap(from_fn(request_context))
             .app_data(self.readiness.clone())
+            .app_data(self.store.clone())
             .app_data(self.admin.clone())
             .app_data(self.metrics.clone())
             .app_data(web::Data::from(Arc::clone(&self.state.dedup)))
             .app_data(web::Data::from(Arc::clone(&self.state.breaker)))
             .configure(routes::admin)
             .default_service(web::to(routes::not_found))
+    }
+}
+
+/// Remembered outcomes, claims and the shared limits, where `store.backend` keeps them.
+struct SharedState {
+    dedup: Arc<Dedup>,
+    quotas: Arc<Quotas>,
+    health: StoreHealth,
+}
+
+impl SharedState {
+    fn open(
+        settings: &Settings,
+        metrics: &Metrics,
+        clock: &Arc<dyn Clock>,
+    ) -> Result<Self, StartupError> {
+        let clock = Arc::clone(clock);
+        let budget = settings.upstream.max_per_minute;
+        if settings.store.backend == StoreBackend::Memory {
+            return Ok(Self {
+                dedup: Dedup::new(&settings.dedup, Arc::clone(&clock)),
+                quotas: Arc::new(Quotas::new(clock, budget)),
+                health: StoreHealth::Memory,
+            });
+        }
+        let redis = Redis::open(&settings.store, metrics.store_health())?;
+        tracing::info!(
+            redis_url = %settings.store.redis_url,
+            key_prefix = %settings.store.key_prefix,
+            "shared state (remembered outcomes, calls under way, upstream quotas, courtesy \
+             budget) lives in Redis"
+        );
+        tokio::spawn({
+            let redis = Arc::clone(&redis);
+            async move { check_eviction_policy(&redis).await }
+        });
+        let lifetimes = Lifetimes::of_settings(&settings.dedup);
+        let max_entries = settings.dedup.max_entries.get();
+        // A call takes upstream.timeout at most, its claim and outcome a
+        // few store commands: a call under way longer lost its holder.
+        let call_deadline =
+            settings.upstream.timeout + settings.store.timeout * 4 + Duration::from_secs(1);
+        let store = crate::dedup::redis::RedisStore::start(
+            Arc::clone(&redis),
+            Arc::clone(&clock),
+            max_entries,
+            lifetimes.longest(),
+            call_deadline,
+        );
+        let upstream = crate::quota::redis::RedisStore::new(Arc::clone(&redis), "upstream");
+        let courtesy = crate::quota::redis::RedisStore::new(Arc::clone(&redis), "budget");
+        Ok(Self {
+            dedup: Dedup::with_store(store, lifetimes, max_entries, Arc::clone(&clock)),
+            quotas: Arc::new(Quotas::with_stores(
+                clock,
+                Arc::new(upstream),
+                Arc::new(courtesy),
+                budget,
+            )),
+            health: StoreHealth::Redis(redis),
+        })
     }
 }
 
@@ -275,9 +342,17 @@ impl Application {
         let admin_addr = local_addr("admin.listen", &admin_listener)?;
 
         let gateway = Gateway::new(&settings, clock)?;
-        let state_file = match settings.dedup.state_file.get() {
-            Some(path) => Some(open_state_file(path, gateway.dedup())?),
-            None => None,
+        let state_file = match (settings.dedup.state_file.get(), settings.store.backend) {
+            (Some(path), StoreBackend::Memory) => Some(open_state_file(path, gateway.dedup())?),
+            (Some(path), StoreBackend::Redis) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    "dedup.state_file is ignored with store.backend = \"redis\": remembered \
+                     outcomes live in the shared store"
+                );
+                None
+            }
+            (None, _) => None,
         };
         let public_gateway = gateway.clone();
         let public =

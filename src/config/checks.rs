@@ -41,6 +41,18 @@ impl Settings {
                 "must be longer than 0s",
             ));
         }
+        if self.store.timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "store.timeout",
+                "must be longer than 0s",
+            ));
+        }
+        if self.store.key_prefix.is_empty() {
+            return Err(ConfigError::invalid(
+                "store.key_prefix",
+                "must not be empty: the gateway's keys must be told apart from others",
+            ));
+        }
         for (key, ttl) in [
             ("upstream.breaker_open_for", upstream.breaker_open_for),
             ("dedup.sent_ttl", self.dedup.sent_ttl),

@@ -20,6 +20,7 @@ mod load;
 mod log;
 mod optional;
 mod secret;
+mod store;
 #[cfg(test)]
 mod test_support;
 
@@ -30,6 +31,7 @@ pub use load::{ConfigError, DEFAULT_TOML, ENV_PREFIX};
 pub use log::{LogFormat, LogLevel};
 pub use optional::{OptionalHeader, OptionalPath};
 pub use secret::{KeyDigest, OptionalDigest, REDACTED};
+pub use store::{RedisUrl, StoreBackend, StoreSettings};
 
 /// Every setting of the gateway, valid by construction.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -49,6 +51,8 @@ pub struct Settings {
     pub quota: QuotaSettings,
     /// Logging.
     pub log: LogSettings,
+    /// Where shared state lives.
+    pub store: StoreSettings,
 }
 
 /// `[server]`: the public API listener.

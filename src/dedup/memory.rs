@@ -119,7 +119,7 @@ impl DedupStore for MemoryStore {
         ready(self.claim_now(label))
     }
 
-    fn begin_call<'a>(&'a self, _claim: &'a ClaimId) -> StoreFuture<'a, ()> {
+    fn begin_call<'a>(&'a self, _claim: &'a ClaimId, _user: &'a str) -> StoreFuture<'a, ()> {
         // Only its holder can end a claim in this process: it is still current.
         ready(())
     }

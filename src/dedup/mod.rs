@@ -7,6 +7,7 @@
 
 pub mod memory;
 pub mod persist;
+pub mod redis;
 pub mod store;
 
 use std::sync::Arc;
@@ -76,9 +77,9 @@ impl Lease {
     }
 
     /// Confirms that the claim is still this lease's: call the MPC only then.
-    pub async fn begin_call(&self) -> Result<(), StoreError> {
+    pub async fn begin_call(&self, user: &str) -> Result<(), StoreError> {
         match &self.claim {
-            Some(claim) => self.dedup.store.begin_call(claim).await,
+            Some(claim) => self.dedup.store.begin_call(claim, user).await,
             None => Ok(()),
         }
     }
@@ -263,7 +264,11 @@ mod tests {
         ) -> StoreFuture<'a, store::Claim> {
             self.0.claim(label, hold_for)
         }
-        fn begin_call<'a>(&'a self, _claim: &'a store::ClaimId) -> StoreFuture<'a, ()> {
+        fn begin_call<'a>(
+            &'a self,
+            _claim: &'a store::ClaimId,
+            _user: &'a str,
+        ) -> StoreFuture<'a, ()> {
             Box::pin(std::future::ready(Err(StoreError {
                 operation: "begin_call",
                 reason: "the claim was taken over".into(),
@@ -313,7 +318,7 @@ mod tests {
         let Ok(Claim::Lead(lease)) = dedup.claim(&label).await else {
             panic!("expected to lead")
         };
-        let refused = lease.begin_call().await.unwrap_err();
+        let refused = lease.begin_call("alice").await.unwrap_err();
         assert_eq!(refused.operation, "begin_call");
         drop(lease);
         assert_eq!(dedup.in_flight(), 0, "the claim given up is released");

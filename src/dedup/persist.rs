@@ -50,7 +50,7 @@ struct StoredDocument<'a> {
 /// One remembered outcome, in plain fields: a raw JSON body cannot pass
 /// through serde's buffering of tagged or flattened enums.
 #[derive(Serialize, Deserialize)]
-struct Entry {
+pub(super) struct Entry {
     label: String,
     outcome: Kind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,7 +73,7 @@ enum Kind {
 }
 
 impl Entry {
-    fn new(label: &Label, remembered: &Remembered) -> Self {
+    pub(super) fn new(label: &Label, remembered: &Remembered) -> Self {
         let (outcome, upstream, reason) = match remembered.outcome() {
             Outcome::Sent { upstream } => (Kind::Sent, Some(upstream.clone()), None),
             Outcome::Rejected { upstream } => (Kind::Rejected, Some(upstream.clone()), None),
@@ -91,7 +91,7 @@ impl Entry {
     }
 
     /// The label and its outcome, or why the entry cannot be one.
-    fn into_remembered(self) -> Result<(Label, Remembered), String> {
+    pub(super) fn into_remembered(self) -> Result<(Label, Remembered), String> {
         let label = Label::parse(&self.label).map_err(|error| format!("invalid label: {error}"))?;
         let outcome = match (self.outcome, self.upstream, self.reason) {
             (Kind::Sent, Some(upstream), _) => Outcome::Sent { upstream },

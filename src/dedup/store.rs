@@ -97,7 +97,8 @@ pub trait DedupStore: Send + Sync {
 
     /// Confirms, just before the MPC is called, that `claim` is still the
     /// label's current one; an error means the MPC must not be called.
-    fn begin_call<'a>(&'a self, claim: &'a ClaimId) -> StoreFuture<'a, ()>;
+    /// `user` is who the call is made for, should the call outlive its holder.
+    fn begin_call<'a>(&'a self, claim: &'a ClaimId, user: &'a str) -> StoreFuture<'a, ()>;
 
     /// Remembers the outcome (a failure is only handed on), ends the claim
     /// and hands the result to every waiter.
@@ -218,7 +219,7 @@ pub(crate) mod suite {
             panic!("expected to wait")
         };
         assert_eq!(dedup.in_flight(), 1, "a waiter holds no claim");
-        lease.begin_call().await.unwrap();
+        lease.begin_call("alice").await.unwrap();
         let settled = lease.settle(&accepted(), "alice".into()).await.unwrap();
         assert_eq!(settled.user(), "alice");
         assert_eq!(settled.requested_at(), clock.system_time());

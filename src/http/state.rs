@@ -11,6 +11,7 @@ use crate::dedup::Dedup;
 use crate::observe::metrics::Metrics;
 use crate::quota::Quotas;
 use crate::retrieval::Retrieval;
+use crate::store::redis::Redis;
 use crate::upstream::breaker::Breaker;
 
 /// State shared by every worker of the public listener.
@@ -29,6 +30,24 @@ pub struct AppState {
     pub breaker: Arc<Breaker>,
     /// The use case every retrieval route calls.
     pub retrieval: Retrieval,
+}
+
+/// Whether the shared store answers, for `/readyz`.
+pub enum StoreHealth {
+    /// This process's memory: always there.
+    Memory,
+    /// A Redis server shared by replicas.
+    Redis(Arc<Redis>),
+}
+
+impl StoreHealth {
+    /// `up` or `down`, as `/readyz` shows it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Redis(redis) if !redis.is_up() => "down",
+            _ => "up",
+        }
+    }
 }
 
 /// Whether the gateway is still taking work; flips once, at shutdown.

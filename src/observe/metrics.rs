@@ -15,6 +15,8 @@ use prometheus::{
 use crate::domain::label::LabelKind;
 use crate::domain::outcome::{CallResult, RetrievalOutcome};
 use crate::quota::LimitKind;
+use crate::store::OPERATIONS as STORE_OPERATIONS;
+use crate::store::redis::Health;
 
 /// The HTTP series of one route template, resolved once: looking a series
 /// up by its label values hashes them, on every request.
@@ -75,6 +77,8 @@ pub struct Metrics {
     audit_write_failures: IntCounter,
     state_file_saves: ByResult,
     config_reloads: ByResult,
+    store_up: IntGauge,
+    store_errors: IntCounterVec,
 }
 
 /// A counter of something that either worked or not, both series at 0 from
@@ -173,6 +177,17 @@ impl Metrics {
             "mpc_gateway_audit_write_failures_total",
             "Audit lines lost because the audit file could not be written.",
         )?;
+        let store_up = IntGauge::new(
+            "mpc_gateway_store_up",
+            "1 while the shared store answers (always 1 for the memory backend).",
+        )?;
+        let store_errors = IntCounterVec::new(
+            Opts::new(
+                "mpc_gateway_store_errors_total",
+                "Shared-store commands that failed or timed out, by operation.",
+            ),
+            &["operation"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("mpc_gateway_build_info", "The gateway's version; always 1."),
             &["version"],
@@ -189,6 +204,8 @@ impl Metrics {
         registry.register(Box::new(circuit_breaker_state.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
         registry.register(Box::new(audit_write_failures.clone()))?;
+        registry.register(Box::new(store_up.clone()))?;
+        registry.register(Box::new(store_errors.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -221,6 +238,10 @@ impl Metrics {
         for limit in LimitKind::ALL {
             quota_rejections.with_label_values(&[limit.as_str()]);
         }
+        store_up.set(1);
+        for operation in STORE_OPERATIONS {
+            store_errors.with_label_values(&[operation]);
+        }
 
         let state_file_saves = ByResult::register(
             &registry,
@@ -248,7 +269,17 @@ impl Metrics {
             audit_write_failures,
             state_file_saves,
             config_reloads,
+            store_up,
+            store_errors,
         })
+    }
+
+    /// `store_up` and `store_errors_total`, for the shared store to keep.
+    pub fn store_health(&self) -> Health {
+        Health {
+            up: self.store_up.clone(),
+            errors: self.store_errors.clone(),
+        }
     }
 
     /// The HTTP series of a route template (one of those given to

@@ -44,6 +44,16 @@ impl Limit {
         self.period
     }
 
+    /// How many the limit admits at once.
+    pub fn burst(&self) -> u32 {
+        self.burst.get()
+    }
+
+    /// The time one unit takes to come back, in nanoseconds.
+    pub fn interval_nanos(&self) -> u64 {
+        self.interval
+    }
+
     /// How far ahead of now a key's TAT may run: the burst, in nanoseconds.
     pub fn tolerance(&self) -> u64 {
         self.interval.saturating_mul(u64::from(self.burst.get()))

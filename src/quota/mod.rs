@@ -10,6 +10,7 @@
 
 pub mod gcra;
 pub mod memory;
+pub mod redis;
 pub mod store;
 
 use std::num::NonZeroU32;

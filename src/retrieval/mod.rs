@@ -223,7 +223,7 @@ impl Retrieval {
         // halfway and let a waiter send a second email.
         let call = actix_web::rt::spawn(
             async move {
-                lease.begin_call().await?;
+                lease.begin_call(&user).await?;
                 let result = mpc.retrieve(lease.label()).await;
                 drop(slot);
                 permit.record(&result);

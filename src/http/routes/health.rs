@@ -4,7 +4,7 @@ use actix_web::{HttpResponse, web};
 use serde_json::json;
 
 use crate::dedup::Dedup;
-use crate::http::state::Readiness;
+use crate::http::state::{Readiness, StoreHealth};
 use crate::observe::metrics::Metrics;
 use crate::upstream::breaker::Breaker;
 
@@ -15,13 +15,21 @@ pub async fn healthz() -> HttpResponse {
 
 /// `GET /readyz`: 200 while serving (an open breaker included: remembered
 /// answers still work), 503 once shutdown has begun; reports the breaker.
-pub async fn readyz(readiness: web::Data<Readiness>, breaker: web::Data<Breaker>) -> HttpResponse {
+/// The body names the shared store's state too: a store that does not
+/// answer is no reason to take the replica out (what it remembers still
+/// answers), but the operator should see it.
+pub async fn readyz(
+    readiness: web::Data<Readiness>,
+    breaker: web::Data<Breaker>,
+    store: web::Data<StoreHealth>,
+) -> HttpResponse {
     let breaker = breaker.state().as_str();
+    let store = store.as_str();
     if readiness.is_shutting_down() {
         HttpResponse::ServiceUnavailable()
-            .json(json!({"status": "shutting_down", "breaker": breaker}))
+            .json(json!({"status": "shutting_down", "breaker": breaker, "store": store}))
     } else {
-        HttpResponse::Ok().json(json!({"status": "ready", "breaker": breaker}))
+        HttpResponse::Ok().json(json!({"status": "ready", "breaker": breaker, "store": store}))
     }
 }
 

@@ -4,6 +4,23 @@
 use std::future::Future;
 use std::pin::Pin;
 
+pub mod redis;
+#[cfg(test)]
+pub(crate) mod test_server;
+
+/// Every `operation` of `store_errors_total`, exported at 0 from start-up.
+pub const OPERATIONS: [&str; 9] = [
+    "get",
+    "claim",
+    "begin_call",
+    "settle",
+    "release",
+    "forget",
+    "watch",
+    "quota",
+    "marker",
+];
+
 /// The future a store method returns: boxed, so that stores are objects
 /// chosen at start-up (`store.backend`).
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
