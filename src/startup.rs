@@ -128,8 +128,22 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Builds the shared state: limiters on `clock`, nothing remembered yet.
+    /// Builds the shared state: limiters on `clock` (the shared ones in
+    /// Redis on the server's clock), nothing remembered yet.
     pub fn new(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
+        Self::with_clocks(settings, clock, SharedTime::Server)
+    }
+
+    /// Like [`Gateway::new`], with the shared limits on `clock` too (tests).
+    pub fn on_clock(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
+        Self::with_clocks(settings, clock, SharedTime::Clock)
+    }
+
+    fn with_clocks(
+        settings: &Settings,
+        clock: Arc<dyn Clock>,
+        shared_time: SharedTime,
+    ) -> Result<Self, StartupError> {
         let metrics = Arc::new(Metrics::new(&routes::TEMPLATES, routes::UNMATCHED)?);
         let audit_path = settings.log.audit_file.get();
         let audit = AuditLog::open(
@@ -144,7 +158,7 @@ impl Gateway {
             source,
         })?
         .simulated(settings.upstream.simulated);
-        let shared = SharedState::open(settings, &metrics, &clock)?;
+        let shared = SharedState::open(settings, &metrics, &clock, shared_time)?;
         let dedup = Arc::clone(&shared.dedup);
         let access = AdminAccess::from_settings(&settings.admin);
         if access == AdminAccess::Closed {
@@ -245,11 +259,20 @@ struct SharedState {
     health: StoreHealth,
 }
 
+/// What the limits kept in Redis step on: the server's clock, so that
+/// replicas agree, or (tests) the gateway's injected clock.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SharedTime {
+    Server,
+    Clock,
+}
+
 impl SharedState {
     fn open(
         settings: &Settings,
         metrics: &Metrics,
         clock: &Arc<dyn Clock>,
+        shared_time: SharedTime,
     ) -> Result<Self, StartupError> {
         let clock = Arc::clone(clock);
         let budget = settings.upstream.max_per_minute;
@@ -284,8 +307,14 @@ impl SharedState {
             lifetimes.longest(),
             call_deadline,
         );
-        let upstream = crate::quota::redis::RedisStore::new(Arc::clone(&redis), "upstream");
-        let courtesy = crate::quota::redis::RedisStore::new(Arc::clone(&redis), "budget");
+        let limits = |namespace| {
+            let store = crate::quota::redis::RedisStore::new(Arc::clone(&redis), namespace);
+            match shared_time {
+                SharedTime::Server => store,
+                SharedTime::Clock => store.on_clock(Arc::clone(&clock)),
+            }
+        };
+        let (upstream, courtesy) = (limits("upstream"), limits("budget"));
         Ok(Self {
             dedup: Dedup::with_store(store, lifetimes, max_entries, Arc::clone(&clock)),
             quotas: Arc::new(Quotas::with_stores(
@@ -316,13 +345,22 @@ pub struct Application {
 impl Application {
     /// Binds both listeners (port 0 picks a free port) and builds the servers.
     pub fn build(settings: Settings) -> Result<Self, StartupError> {
-        Self::build_with_clock(settings, Arc::new(SystemClock))
+        Self::build_on(settings, Arc::new(SystemClock), SharedTime::Server)
     }
 
-    /// Like [`Application::build`], with the limiters on `clock`.
+    /// Like [`Application::build`], with the limiters on `clock`, the
+    /// shared ones in Redis included (tests).
     pub fn build_with_clock(
         settings: Settings,
         clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartupError> {
+        Self::build_on(settings, clock, SharedTime::Clock)
+    }
+
+    fn build_on(
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+        shared_time: SharedTime,
     ) -> Result<Self, StartupError> {
         // The demo's simulated MPC sends no email: its start-up banner says who may ask.
         if settings.auth.allow_anonymous
@@ -341,7 +379,7 @@ impl Application {
         let public_addr = local_addr("server.listen", &public_listener)?;
         let admin_addr = local_addr("admin.listen", &admin_listener)?;
 
-        let gateway = Gateway::new(&settings, clock)?;
+        let gateway = Gateway::with_clocks(&settings, clock, shared_time)?;
         let state_file = match (settings.dedup.state_file.get(), settings.store.backend) {
             (Some(path), StoreBackend::Memory) => Some(open_state_file(path, gateway.dedup())?),
             (Some(path), StoreBackend::Redis) => {

@@ -1,7 +1,14 @@
 //! `spawn_app()`: a running gateway in front of a mock MPC, and a client for it.
 
+// Paths spelled out: this file is also included by `tests/api_redis`.
+#[path = "helpers/mpc.rs"]
 pub mod mpc;
+#[path = "helpers/raw_mpc.rs"]
 pub mod raw_mpc;
+// Shared with the unit tests: each test binary uses its own part of it.
+#[allow(dead_code)]
+#[path = "../../src/store/test_server.rs"]
+pub mod redis_server;
 
 pub use mpc::{mpc_answers, mpc_never_called};
 
@@ -13,7 +20,7 @@ use std::time::Duration;
 use mpc_action_gateway::auth::key_digest;
 use mpc_action_gateway::clock::{Clock, SystemClock};
 use mpc_action_gateway::config::{
-    ConfigError, KeyDigest, KeyEntry, LogFormat, Settings, TierSettings,
+    ConfigError, KeyDigest, KeyEntry, LogFormat, Settings, StoreBackend, TierSettings,
 };
 use mpc_action_gateway::observe::logging;
 use mpc_action_gateway::reload::Reloader;
@@ -325,6 +332,19 @@ pub fn add_tier(settings: &mut Settings, name: &str, per_minute: u32, per_hour: 
     );
 }
 
+/// Keeps the gateway's shared state in the test run's Redis server under
+/// `prefix`: gateways given the same prefix act as one.
+pub fn on_shared_redis(settings: &mut Settings, prefix: &str) {
+    on_redis(settings, &redis_server::RedisServer::shared().url(), prefix);
+}
+
+/// Keeps the gateway's shared state in the Redis server at `url` under `prefix`.
+pub fn on_redis(settings: &mut Settings, url: &str, prefix: &str) {
+    settings.store.backend = StoreBackend::Redis;
+    settings.store.redis_url = url.to_owned().try_into().expect("a Redis URL");
+    settings.store.key_prefix = prefix.to_owned();
+}
+
 fn init_test_logging() {
     log_buffer();
 }
@@ -369,6 +389,9 @@ async fn spawn(
     init_test_logging();
     let mpc = MockServer::start().await;
     let mut settings = test_settings(&mpc.uri());
+    if crate::ON_REDIS {
+        on_shared_redis(&mut settings, &redis_server::unique_prefix());
+    }
     customise(&mut settings);
     let application =
         Application::build_with_clock(settings.clone(), clock).expect("gateway starts");

@@ -1,4 +1,9 @@
-//! HTTP-level tests: the real server on port 0 in front of a wiremock MPC.
+//! HTTP-level tests: the real server on port 0 in front of a wiremock MPC,
+//! every gateway on the memory backend. `tests/api_redis` runs the same
+//! tests again with the gateways on a shared Redis.
+
+/// Whether the gateways of this test binary keep their state in Redis.
+pub const ON_REDIS: bool = false;
 
 mod admin_access;
 mod cli;
@@ -18,3 +23,4 @@ mod resilience;
 mod retrieve;
 mod robustness;
 mod slow_clients;
+mod state_file;
