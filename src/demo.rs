@@ -17,7 +17,7 @@ use std::time::Duration;
 use actix_web::dev::Server;
 use serde_json::json;
 
-use crate::config::{DEFAULT_TIER, OptionalPath, Settings, TierSettings};
+use crate::config::{DEFAULT_TIER, OptionalPath, Settings, StoreBackend, TierSettings};
 use crate::fake_mpc::{self, Answer, FakeMpc};
 
 /// Labels the simulated MPC knows as real submissions.
@@ -89,6 +89,9 @@ pub struct Demo {
     raised_from: Option<TierSettings>,
     /// The configured `dedup.state_file`, which the demo neither reads nor writes.
     ignored_state_file: Option<PathBuf>,
+    /// Whether `store.backend = "redis"` was configured: the demo never
+    /// writes simulated outcomes into a store that real gateways share.
+    ignored_redis: bool,
     /// When the simulated MPC answers a `SLOW` label.
     slow_for: Duration,
 }
@@ -106,6 +109,8 @@ impl Demo {
         settings.auth.allow_anonymous = true;
         let ignored_state_file = settings.dedup.state_file.get().map(ToOwned::to_owned);
         settings.dedup.state_file = OptionalPath::default();
+        let ignored_redis = settings.store.backend == StoreBackend::Redis;
+        settings.store.backend = StoreBackend::Memory;
         // The shipped 3-call burst would refuse the walkthrough's fourth forwarded label.
         let raised_from = match settings.quota.tiers.get_mut(DEFAULT_TIER) {
             Some(tier) if is_shipped_default(tier) => {
@@ -120,6 +125,7 @@ impl Demo {
             settings,
             raised_from,
             ignored_state_file,
+            ignored_redis,
             slow_for,
         }
     }
@@ -194,6 +200,13 @@ impl Demo {
             ),
             None => "dedup.state_file is ignored: remembered outcomes live in memory only.".into(),
         });
+        if self.ignored_redis {
+            line(
+                "store.backend = \"redis\" is ignored: simulated outcomes never enter a store \
+                 that real gateways share."
+                    .into(),
+            );
+        }
         line(match settings.log.audit_file.get() {
             Some(path) => format!(
                 "Audit trail: {}, each line with \"simulated\": true.",
@@ -305,5 +318,14 @@ mod tests {
         ] {
             assert!(banner.contains(expected), "{expected:?} in\n{banner}");
         }
+    }
+
+    #[test]
+    fn a_configured_redis_is_left_alone() {
+        let configured = demo(&[("MPC_GATEWAY__STORE__BACKEND", "redis")]);
+        assert_eq!(configured.settings.store.backend, StoreBackend::Memory);
+        assert!(banner(&configured).contains("store.backend = \"redis\" is ignored"));
+        let plain = demo(&[]);
+        assert!(!banner(&plain).contains("store.backend"));
     }
 }

@@ -5,7 +5,9 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub mod redis;
+// Shared with the HTTP tests, which use more of it than the unit tests do.
 #[cfg(test)]
+#[allow(dead_code)]
 pub(crate) mod test_server;
 
 /// Every `operation` of `store_errors_total`, exported at 0 from start-up.

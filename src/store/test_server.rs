@@ -99,7 +99,7 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if ping(&socket) {
+            if ping(&socket, Duration::from_secs(1)) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -108,6 +108,11 @@ impl RedisServer {
             "redis-server did not answer on {} within 10 s",
             socket.display()
         );
+    }
+
+    /// Whether the server answers PING within `wait`.
+    pub fn answers_within(&self, wait: Duration) -> bool {
+        ping(&self.socket(), wait)
     }
 
     /// Runs one command with `redis-cli` and returns what it printed.
@@ -128,12 +133,12 @@ impl Drop for RedisServer {
     }
 }
 
-/// Whether a server answers PING on `socket`.
-fn ping(socket: &Path) -> bool {
+/// Whether a server answers PING on `socket` within `wait`.
+fn ping(socket: &Path, wait: Duration) -> bool {
     let Ok(mut stream) = UnixStream::connect(socket) else {
         return false;
     };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let _ = stream.set_read_timeout(Some(wait));
     let mut answer = [0_u8; 7];
     stream.write_all(b"PING\r\n").is_ok()
         && stream.read_exact(&mut answer).is_ok()
