@@ -126,19 +126,28 @@ impl Redis {
         operation: &'static str,
         command: impl Future<Output = ::redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        let reason = match tokio::time::timeout(self.timeout, command).await {
+        let (answered, reason) = match tokio::time::timeout(self.timeout, command).await {
             Ok(Ok(value)) => {
                 self.set_up(true);
                 return Ok(value);
             }
-            Ok(Err(error)) => error.to_string(),
-            Err(_) => format!(
-                "no answer within {} (store.timeout)",
-                humantime::format_duration(self.timeout)
+            // The server answered with an error (a full server refusing a
+            // write, say): it is up, but nothing could be decided.
+            Ok(Err(error)) if matches!(error.kind(), ::redis::ErrorKind::Server(_)) => {
+                (true, error.to_string())
+            }
+            Ok(Err(error)) => (false, error.to_string()),
+            Err(_) => (
+                false,
+                format!(
+                    "no answer within {} (store.timeout)",
+                    humantime::format_duration(self.timeout)
+                ),
             ),
         };
         self.health.errors.with_label_values(&[operation]).inc();
-        self.set_up(false);
+        self.set_up(answered);
+        tracing::debug!(operation, %reason, "a shared-store command failed");
         Err(StoreError { operation, reason })
     }
 
@@ -168,19 +177,22 @@ pub fn script(source: &str) -> Script {
 pub async fn check_eviction_policy(redis: &Redis) {
     let mut command = ::redis::cmd("CONFIG");
     command.arg("GET").arg("maxmemory-policy");
-    match redis
-        .query::<Vec<String>>("marker", &command)
-        .await
-        .as_deref()
-    {
-        Ok([_, policy]) if policy == "noeviction" => {}
-        Ok([_, policy]) => tracing::warn!(
+    // Not counted as a store error: managed servers may refuse CONFIG.
+    let mut connection = redis.connection.clone();
+    let asked = tokio::time::timeout(
+        redis.timeout,
+        command.query_async::<Vec<String>>(&mut connection),
+    )
+    .await;
+    match asked.ok().and_then(Result::ok).as_deref() {
+        Some([_, policy]) if policy == "noeviction" => {}
+        Some([_, policy]) => tracing::warn!(
             maxmemory_policy = %policy,
             "the Redis server may evict the gateway's keys under memory pressure \
              (every one has a lifetime), and an evicted outcome can be sent again: \
              set maxmemory-policy noeviction"
         ),
-        Ok(_) | Err(_) => tracing::info!(
+        _ => tracing::info!(
             "cannot read the Redis server's maxmemory-policy (CONFIG GET refused or no \
              answer); make sure it is noeviction"
         ),

@@ -437,3 +437,28 @@ async fn redis_slower_than_the_timeout_gets_bounded_answers() {
     sleeping.join().unwrap();
     assert_eq!(mpc.received_requests().await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_server_that_may_evict_the_gateways_keys_is_warned_about_at_start_up() {
+    let redis = RedisServer::start();
+    assert_eq!(
+        redis.cli(&["CONFIG", "SET", "maxmemory-policy", "volatile-lru"]),
+        "OK"
+    );
+    let url = redis.url();
+    let mut gateway = run_binary(
+        &[],
+        &[
+            ("MPC_GATEWAY__STORE__BACKEND", "redis"),
+            ("MPC_GATEWAY__STORE__REDIS_URL", &url),
+        ],
+    )
+    .await;
+    let warning = gateway
+        .logs
+        .until(|line| line["maxmemory_policy"].is_string())
+        .await;
+    assert_eq!(warning["level"], "WARN");
+    assert_eq!(warning["maxmemory_policy"], "volatile-lru");
+    assert!(warning["message"].as_str().unwrap().contains("noeviction"));
+}
