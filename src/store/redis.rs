@@ -155,7 +155,7 @@ impl Redis {
         if self.answering.swap(up, Ordering::Relaxed) != up {
             self.health.up.set(i64::from(up));
             if up {
-                tracing::info!("the shared store answers again");
+                tracing::info!("the shared store answers");
             } else {
                 tracing::warn!(
                     "the shared store does not answer: labels not yet claimed are not forwarded \
