@@ -4,22 +4,30 @@
 //!
 //! Lua numbers are doubles: times are whole microseconds of Unix time
 //! (exact up to the year 2255), not the nanoseconds of [`super::gcra`].
+//!
+//! Charges and refunds always run in Redis. A peek (the RateLimit fields of
+//! every answer) is worked out here from the key's state as the last step of
+//! this replica saw it, while that is younger than [`PEEK_FRESH`], so that
+//! an answer from a remembered outcome never waits on Redis; it may then lag
+//! that long behind what other replicas charged.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::Script;
+use moka::sync::Cache;
 
-use super::gcra::{Cost, Decision, Limit};
+use super::gcra::{Cost, Decision, Limit, gcra};
 use super::store::RateStore;
-use crate::clock::Clock;
+use crate::clock::{Clock, SystemClock, nanos};
 use crate::store::StoreFuture;
 use crate::store::redis::{Redis, script};
 
 /// One GCRA step, as [`super::gcra::gcra`] does it, with the key's TAT in
 /// Redis. ARGV: interval and tolerance (µs), cost (`peek`, `charge`,
 /// `refund`), and a fixed now (µs) or `""` for the server's clock. Returns
-/// allowed (0/1), remaining, reset_after and retry_after (µs).
+/// allowed (0/1), remaining, reset_after and retry_after (µs), and the
+/// TAT kept (µs, 0 for none).
 const STEP: &str = r"
 local t = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
@@ -53,8 +61,16 @@ end
 local used = after - now
 local remaining = math.floor(math.max(tolerance - used, 0) / t)
 local retry = math.max(after + t - tolerance - now, 0)
-return {allowed, remaining, used, retry}
+local kept = 0
+if after > now then kept = after end
+return {allowed, remaining, used, retry, string.format('%d', kept)}
 ";
+
+/// How long the state a step returned answers peeks here.
+pub const PEEK_FRESH: Duration = Duration::from_millis(500);
+
+/// Most keys whose last state is kept for peeks.
+const PEEK_KEYS: u64 = 100_000;
 
 /// Limiter state in the shared Redis under `<key_prefix><namespace>:<key>`.
 pub struct RedisStore {
@@ -63,6 +79,8 @@ pub struct RedisStore {
     step: Script,
     /// Tests only: a clock that stands in for the server's.
     clock: Option<Arc<dyn Clock>>,
+    /// Each key's TAT (µs, 0 for none) as the last step here left it.
+    seen: Cache<Box<str>, u64>,
 }
 
 impl RedisStore {
@@ -74,7 +92,22 @@ impl RedisStore {
             namespace: format!("quota:{namespace}:").into(),
             step: script(STEP),
             clock: None,
+            seen: Cache::builder()
+                .max_capacity(PEEK_KEYS)
+                .time_to_live(PEEK_FRESH)
+                .build(),
         }
+    }
+
+    /// A peek worked out from the state the last step here saw, if it is recent.
+    fn peek_here(&self, key: &str, limit: &Limit) -> Option<Decision> {
+        let tat = self.seen.get(key)?;
+        let now = match &self.clock {
+            Some(clock) => clock.now(),
+            None => SystemClock.now(),
+        };
+        let tat = (tat > 0).then(|| tat.saturating_mul(1000));
+        Some(gcra(tat, nanos(now), limit, Cost::Peek).1)
     }
 
     /// The same store, stepped on `clock` instead of the server's (tests).
@@ -87,6 +120,11 @@ impl RedisStore {
 impl RateStore for RedisStore {
     fn step<'a>(&'a self, key: &'a str, limit: &'a Limit, cost: Cost) -> StoreFuture<'a, Decision> {
         Box::pin(async move {
+            if cost == Cost::Peek
+                && let Some(decision) = self.peek_here(key, limit)
+            {
+                return Ok(decision);
+            }
             let interval = (limit.interval_nanos() / 1000).max(1);
             let tolerance = interval.saturating_mul(u64::from(limit.burst()));
             let now = self
@@ -106,8 +144,9 @@ impl RateStore for RedisStore {
                 .arg(tolerance)
                 .arg(cost)
                 .arg(now);
-            let (allowed, remaining, used, retry): (u8, u32, u64, u64) =
+            let (allowed, remaining, used, retry, kept): (u8, u32, u64, u64, u64) =
                 self.redis.run("quota", &invocation).await?;
+            self.seen.insert(key.into(), kept);
             Ok(Decision {
                 allowed: allowed == 1,
                 remaining,
@@ -144,6 +183,30 @@ mod tests {
             clock,
         }
     });
+
+    #[tokio::test]
+    async fn a_peek_soon_after_a_step_here_does_not_ask_redis() {
+        let redis = for_tests();
+        let store = RedisStore::new(Arc::clone(&redis), "upstream");
+        let limit = Limit::new(
+            10.try_into().unwrap(),
+            Duration::from_secs(3600),
+            3.try_into().unwrap(),
+        );
+        store.step("carol", &limit, Cost::Charge).await.unwrap();
+        // Gone from Redis: only a peek answered here still sees the charge.
+        let key = redis.key("quota:upstream:carol");
+        let deleted: i64 = redis
+            .query("get", ::redis::cmd("DEL").arg(&key))
+            .await
+            .unwrap();
+        assert_eq!(deleted, 1);
+        let peek = store.step("carol", &limit, Cost::Peek).await.unwrap();
+        assert_eq!(peek.remaining, 2, "the charge seen here");
+        assert!(peek.allowed);
+        let charged = store.step("carol", &limit, Cost::Charge).await.unwrap();
+        assert_eq!(charged.remaining, 2, "a charge always asks Redis");
+    }
 
     #[tokio::test]
     async fn scripts_flushed_from_the_server_are_loaded_again() {
