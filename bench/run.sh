@@ -15,6 +15,11 @@
 # hit, invalid and miss rows are also measured against that binary (same
 # configuration, its own ports), next to this build's in every round, and the
 # script prints this build / baseline for each.
+#
+# A second gateway with the same configuration keeps its state in a Redis
+# server of its own (store.backend = "redis", as several replicas would), and
+# its hit and miss rows are measured in the same rounds; the script also
+# counts the Redis commands each of its requests costs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +40,9 @@ GATEWAY_LOGGED_ADMIN=127.0.0.1:18415
 NGINX=127.0.0.1:18402
 GATEWAY_BASELINE=127.0.0.1:18406
 GATEWAY_BASELINE_ADMIN=127.0.0.1:18416
+GATEWAY_REDIS=127.0.0.1:18407
+GATEWAY_REDIS_ADMIN=127.0.0.1:18417
+REDIS=127.0.0.1:18409
 BASELINE=${BASELINE:-}
 if [ -n "$BASELINE" ] && ! [ -x "$BASELINE" ]; then
   echo "BASELINE=$BASELINE is not an executable (a gateway binary, e.g. from bench/baseline.sh)" >&2
@@ -57,10 +65,17 @@ if ! command -v nginx >/dev/null 2>&1 && ! [ -x /usr/sbin/nginx ]; then
   install nginx nginx-light || have_nginx=no
 fi
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
+have_redis=yes
+install redis-server redis-server || have_redis=no
+install redis-cli redis-tools || have_redis=no
+[ "$have_redis" = yes ] || echo "redis-server is not installed and could not be: the rows on Redis are skipped" >&2
 
 addresses=("$FLOOR" "$FLOOR_ANSWER" "$FLOOR_INVALID" "$GATEWAY" "$GATEWAY_ADMIN" "$GATEWAY_LOGGED" "$GATEWAY_LOGGED_ADMIN" "$NGINX")
 if [ -n "$BASELINE" ]; then
   addresses+=("$GATEWAY_BASELINE" "$GATEWAY_BASELINE_ADMIN")
+fi
+if [ "$have_redis" = yes ]; then
+  addresses+=("$GATEWAY_REDIS" "$GATEWAY_REDIS_ADMIN" "$REDIS")
 fi
 for address in "${addresses[@]}"; do
   if (exec 3<>"/dev/tcp/${address%:*}/${address#*:}") 2>/dev/null; then
@@ -141,6 +156,28 @@ if [ -n "$BASELINE" ]; then
   gateway_baseline_pid=${pids[-1]}
   wait_for "$GATEWAY_BASELINE"
 fi
+# Runs redis-cli against the benchmark's Redis server.
+redis_cli() { redis-cli -h "${REDIS%:*}" -p "${REDIS#*:}" "$@"; }
+if [ "$have_redis" = yes ]; then
+  # Without persistence, in the run's directory, like the other servers.
+  mkdir -p "$work/redis"
+  redis-server --bind "${REDIS%:*}" --port "${REDIS#*:}" --save "" --appendonly no \
+    --dir "$work/redis" >"$work/redis/log" 2>&1 &
+  pids+=($!)
+  redis_pid=$!
+  for _ in $(seq 100); do
+    [ "$(redis_cli PING 2>/dev/null)" = PONG ] && break
+    sleep 0.05
+  done
+  [ "$(redis_cli PING 2>/dev/null)" = PONG ] || { echo "redis-server did not come up on $REDIS" >&2; exit 1; }
+  # The same configuration as the gateway measured, its state in Redis.
+  gateway_config "$GATEWAY_REDIS" "$GATEWAY_REDIS_ADMIN" warn >"$work/gateway_redis.toml"
+  MPC_GATEWAY__STORE__BACKEND=redis MPC_GATEWAY__STORE__REDIS_URL="redis://$REDIS" \
+    target/release/mpc-action-gateway --config "$work/gateway_redis.toml" >/dev/null 2>&1 &
+  pids+=($!)
+  gateway_redis_pid=$!
+  wait_for "$GATEWAY_REDIS"
+fi
 # Remember the label of the hit path before measuring it; then keep the hit
 # and invalid-label answers, which two more floors serve byte for byte: what
 # an answer alone (its status, size and headers) costs the framework and the
@@ -153,6 +190,13 @@ retrieve "$GATEWAY" "$HIT_LABEL" -o /dev/null
 retrieve "$GATEWAY_LOGGED" "$HIT_LABEL" -o /dev/null
 if [ -n "$BASELINE" ]; then
   retrieve "$GATEWAY_BASELINE" "$HIT_LABEL" -o /dev/null
+fi
+if [ "$have_redis" = yes ]; then
+  retrieve "$GATEWAY_REDIS" "$HIT_LABEL" -o /dev/null
+  if [ "$(redis_cli DBSIZE)" = 0 ]; then
+    echo "the gateway on $GATEWAY_REDIS wrote nothing to Redis: is store.backend redis?" >&2
+    exit 1
+  fi
 fi
 retrieve "$GATEWAY" "$HIT_LABEL" --include >"$work/hit_answer.http"
 retrieve "$GATEWAY" "$INVALID_LABEL" --include >"$work/invalid_answer.http"
@@ -195,8 +239,8 @@ cpu_ticks() {
 TICKS_PER_SECOND=$(getconf CLK_TCK)
 
 # One measurement of the server made of processes $5...; appends
-# "name round rps p50 p99 cpu" to $work/results, cpu being the server's CPU
-# time per request in microseconds.
+# "name round rps p50 p99 cpu requests" to $work/results, cpu being the
+# server's CPU time per request in microseconds.
 measure() {
   local name=$1 address=$2 script=$3 round=$4
   shift 4
@@ -210,7 +254,7 @@ measure() {
   errors=$(awk '/Non-2xx or 3xx responses:/ {print $5}' <<<"$out")
   requests=$(awk '/requests in/ {print $1}' <<<"$out")
   cpu=$(awk -v t="$ticks" -v hz="$TICKS_PER_SECOND" -v n="$requests" 'BEGIN {printf "%.2f", t * 1e6 / hz / n}')
-  echo "$name $round $rps $p50 $p99 $cpu" >>"$work/results"
+  echo "$name $round $rps $p50 $p99 $cpu $requests" >>"$work/results"
   printf '  %-28s %12s req/s   p50 %8s ms   p99 %8s ms   CPU %6s us/request%s\n' "$name" "$rps" "$p50" "$p99" \
     "$cpu" "${errors:+   (non-2xx: $errors)}"
 }
@@ -231,8 +275,35 @@ measure_gateway() {
   fi
 }
 
+# The commands the Redis server has run for its clients, one round trip each:
+# the gateway sends nothing but scripts (EVALSHA, EVAL after a NOSCRIPT); the
+# commands a script runs inside are not counted.
+redis_calls() {
+  redis_cli INFO commandstats | tr -d '\r' |
+    awk -F'[:=,]' '$1 == "cmdstat_evalsha" || $1 == "cmdstat_eval" {n += $3} END {print n + 0}'
+}
+# The MPC calls the gateway on Redis has made, from its /metrics.
+redis_gateway_forwarded() {
+  curl -s "http://$GATEWAY_REDIS_ADMIN/metrics" |
+    awk '$1 ~ /^mpc_gateway_upstream_requests_total[{]/ {n += $2} END {printf "%d\n", n}'
+}
+# Measures the gateway on Redis as row $1 with wrk script $2 in round $3, its
+# server being the gateway and redis-server together; appends "name round
+# calls forwarded redis_ticks" to $work/redis_calls: the Redis commands, the
+# MPC calls and Redis's own CPU time of the measurement.
+measure_redis() {
+  local name=$1 script=$2 round=$3 calls forwarded ticks
+  calls=$(redis_calls)
+  forwarded=$(redis_gateway_forwarded)
+  ticks=$(cpu_ticks "$redis_pid")
+  measure "$name" "$GATEWAY_REDIS" "$script" "$round" "$gateway_redis_pid" "$redis_pid"
+  echo "$name $round $(($(redis_calls) - calls)) $(($(redis_gateway_forwarded) - forwarded))" \
+    "$(($(cpu_ticks "$redis_pid") - ticks))" >>"$work/redis_calls"
+}
+
 echo "machine: $(nproc) cores, $(awk '/model name/ {$1=$2=$3=""; print; exit}' /proc/cpuinfo | sed 's/^ *//'); wrk -t1 -c$CONNECTIONS -d$DURATION; one worker each; $ROUNDS rounds"
 : >"$work/results"
+: >"$work/redis_calls"
 if [ -n "$BASELINE" ]; then
   echo "baseline (rows *_baseline): $BASELINE"
 fi
@@ -242,9 +313,15 @@ for round in $(seq "$ROUNDS"); do
   measure floor_with_gateway_answer "$FLOOR_ANSWER" same_label.lua "$round" "$floor_answer_pid"
   measure floor_with_invalid_answer "$FLOOR_INVALID" invalid_label.lua "$round" "$floor_invalid_pid"
   measure_gateway gateway_hit same_label.lua "$round"
+  if [ "$have_redis" = yes ]; then
+    measure_redis gateway_redis_hit same_label.lua "$round"
+  fi
   measure gateway_hit_logged "$GATEWAY_LOGGED" same_label.lua "$round" "$gateway_logged_pid"
   measure_gateway gateway_invalid invalid_label.lua "$round"
   measure_gateway gateway_miss new_label.lua "$round"
+  if [ "$have_redis" = yes ]; then
+    measure_redis gateway_redis_miss new_label.lua "$round"
+  fi
   if [ "$have_nginx" = yes ]; then
     # shellcheck disable=SC2086 # one argument per process
     measure nginx_hit "$NGINX" same_label.lua "$round" $nginx_pids
@@ -287,6 +364,7 @@ echo "| path | requests/s | p50 | p99 | server CPU per request |"
 echo "|---|---|---|---|---|"
 rows="floor floor_with_gateway_answer floor_with_invalid_answer gateway_hit gateway_hit_logged gateway_invalid gateway_miss"
 [ "$have_nginx" = yes ] && rows="$rows nginx_hit nginx_miss"
+[ "$have_redis" = yes ] && rows="$rows gateway_redis_hit gateway_redis_miss"
 [ -n "$BASELINE" ] && rows="$rows gateway_hit_baseline gateway_invalid_baseline gateway_miss_baseline"
 for row in $rows; do
   echo "| $row | $(median "$row" rps) | $(median "$row" p50) ms | $(median "$row" p99) ms | $(median "$row" cpu) us |"
@@ -305,6 +383,27 @@ echo "  gateway hit / floor with the gateway's answer:       $(ratio gateway_hit
 echo "  gateway hit logging each request / gateway hit:      $(ratio gateway_hit_logged gateway_hit rps)   (log.level = info, JSON lines)"
 echo "  floor with the invalid answer / floor throughput:    $(ratio floor_with_invalid_answer floor rps)   (the 422's own cost: the most gateway invalid / floor can be)"
 echo "  gateway invalid / floor with the invalid answer:     $(ratio gateway_invalid floor_with_invalid_answer rps)   (the gateway's work)"
+if [ "$have_redis" = yes ]; then
+  echo "  gateway on Redis, hit / memory hit throughput:       $(ratio gateway_redis_hit gateway_hit rps)   (target >= 0.9)"
+  if [ "$have_nginx" = yes ]; then
+    echo "  gateway on Redis, miss / nginx miss throughput:      $(ratio gateway_redis_miss nginx_miss rps)   (target >= 1)"
+  fi
+  echo "  gateway on Redis, miss / memory miss throughput:     $(ratio gateway_redis_miss gateway_miss rps)"
+  echo
+  echo "Redis per request of the gateway on Redis (all rounds together; the rows' CPU above is the gateway's and redis-server's):"
+  for row in gateway_redis_hit gateway_redis_miss; do
+    awk -v row="$row" -v hz="$TICKS_PER_SECOND" '
+      FNR == NR && $1 == row {requests += $7; next}
+      $1 == row {calls += $3; forwarded += $4; ticks += $5}
+      END {
+        if (requests == 0) {print "  " row ": n/a"; exit}
+        printf "  %-19s %.2f round trips per request", row ":", calls / requests
+        if (forwarded > 0) printf ", %.2f per MPC call", calls / forwarded
+        printf " (%d commands, %d requests, %d forwarded); redis-server CPU %.2f us per request\n",
+          calls, requests, forwarded, ticks * 1e6 / hz / requests
+      }' "$work/results" "$work/redis_calls"
+  done
+fi
 if [ -n "$BASELINE" ]; then
   echo
   echo "this build / baseline (each ratio taken within a round; median over the rounds, then the lowest and the highest):"
