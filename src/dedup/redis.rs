@@ -264,6 +264,8 @@ struct Scripts {
 pub struct RedisStore {
     /// Itself, for the pollers it starts.
     me: Weak<RedisStore>,
+    /// Tells this replica's messages on the events channel from the others'.
+    origin: u64,
     redis: Arc<Redis>,
     clock: Arc<dyn Clock>,
     call_deadline: Duration,
@@ -294,6 +296,7 @@ impl RedisStore {
     ) -> Arc<Self> {
         let store = Arc::new_cyclic(|me| Self {
             me: me.clone(),
+            origin: new_token(),
             marker: redis.key("marker"),
             channel: redis.key("events"),
             redis,
@@ -485,7 +488,7 @@ impl RedisStore {
             .key(self.label_key(label))
             .arg(token.to_string())
             .arg(&self.channel)
-            .arg(format!("s:{}", label.as_str()));
+            .arg(self.event('s', label));
         invocation
     }
 
@@ -728,10 +731,23 @@ impl RedisStore {
     }
 
     /// Applies one message of the events channel.
+    /// A message for the events channel: `<kind>:<origin>:<label>`, `s` for
+    /// a claim that ended, `f` for a forget.
+    fn event(&self, kind: char, label: &Label) -> String {
+        format!("{kind}:{}:{}", self.origin, label.as_str())
+    }
+
+    /// Applies one message of the events channel; this replica's own need
+    /// nothing (it acted on them already).
     fn on_event(&self, message: &str) {
-        let Some((kind, text)) = message.split_once(':') else {
+        let mut parts = message.splitn(3, ':');
+        let (Some(kind), Some(origin), Some(text)) = (parts.next(), parts.next(), parts.next())
+        else {
             return;
         };
+        if origin.parse() == Ok(self.origin) {
+            return;
+        }
         let Ok(label) = Label::parse(text) else {
             return;
         };
@@ -924,9 +940,7 @@ impl DedupStore for RedisStore {
                     .arg(0)
                     .arg(FAILURE_TTL.as_millis() as u64),
             };
-            invocation
-                .arg(&self.channel)
-                .arg(format!("s:{}", label.as_str()));
+            invocation.arg(&self.channel).arg(self.event('s', &label));
             let written = self.redis.run::<i64>("settle", &invocation).await;
             if let (Err(_), Ok(remembered)) = (&written, settled) {
                 // Kept here and written when the store answers again; the
@@ -951,7 +965,7 @@ impl DedupStore for RedisStore {
             invocation
                 .key(self.label_key(label))
                 .arg(&self.channel)
-                .arg(format!("f:{}", label.as_str()));
+                .arg(self.event('f', label));
             let forgotten: Option<String> = self.redis.run("forget", &invocation).await?;
             let here = self.drop_cached(label);
             self.unsynced.lock().expect("unsynced lock").remove(label);
