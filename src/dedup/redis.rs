@@ -125,16 +125,21 @@ end
 return 1
 ";
 
-/// Forgets an outcome and tells the other replicas. KEYS: the label. ARGV:
-/// channel, message. Returns the outcome forgotten, if any.
+/// Forgets an outcome, or a call whose holder was lost (its `since` older
+/// than the deadline), and tells the other replicas. KEYS: the label. ARGV:
+/// channel, message, now (ms), the deadline (ms). Returns what was forgotten.
 const FORGET: &str = r"
-local record = redis.call('HMGET', KEYS[1], 'state', 'outcome')
+local record = redis.call('HMGET', KEYS[1], 'state', 'outcome', 'since', 'user', 'until')
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 if record[1] == 'outcome' then
   redis.call('DEL', KEYS[1])
-  return record[2]
+  return {'outcome', record[2]}
 end
-return false
+if record[1] == 'calling' and tonumber(record[3]) + tonumber(ARGV[4]) < tonumber(ARGV[3]) then
+  redis.call('DEL', KEYS[1])
+  return {'lost', record[3], record[4], record[5]}
+end
+return {}
 ";
 
 /// What a label holds, and the failure of the claim `ARGV[1]` if one was
@@ -966,12 +971,32 @@ impl DedupStore for RedisStore {
                 .key(self.label_key(label))
                 .arg(&self.channel)
                 .arg(self.event('f', label));
-            let forgotten: Option<String> = self.redis.run("forget", &invocation).await?;
+            invocation
+                .arg(millis(self.now()))
+                .arg(self.call_deadline.as_millis() as u64);
+            let forgotten: Vec<String> = self.redis.run("forget", &invocation).await?;
             let here = self.drop_cached(label);
             self.unsynced.lock().expect("unsynced lock").remove(label);
-            match forgotten {
-                Some(text) => parse_outcome(&text).map(Some),
-                None => Ok(here),
+            match forgotten.first().map(String::as_str) {
+                Some("outcome") => parse_outcome(&forgotten[1]).map(Some),
+                Some("lost") => {
+                    // The operator checked the mailbox: the label may be sent again.
+                    let fields = [
+                        "0".to_owned(),
+                        "calling".to_owned(),
+                        forgotten[1].clone(),
+                        forgotten[2].clone(),
+                        forgotten[3].clone(),
+                    ];
+                    match parse_claim(&fields)? {
+                        Held::Claim {
+                            calling: Some((since, user, until)),
+                            ..
+                        } => Ok(Some(Self::lost_call(since, user, until))),
+                        _ => Ok(here),
+                    }
+                }
+                _ => Ok(here),
             }
         })
     }

@@ -245,9 +245,11 @@ async fn a_forget_at_one_gateway_is_honoured_by_the_others_within_a_second() {
 async fn a_replica_killed_mid_call_leaves_the_label_uncertain_for_the_others() {
     let mpc = MockServer::start().await;
     mpc_accepting_after(Duration::from_secs(30))
+        .up_to_n_times(1)
         .expect(1)
         .mount(&mpc)
         .await;
+    mpc_answering(200, json!({})).expect(1).mount(&mpc).await;
     let redis = RedisServer::shared().url();
     let prefix = unique_prefix();
     let uri = mpc.uri();
@@ -305,6 +307,14 @@ async fn a_replica_killed_mid_call_leaves_the_label_uncertain_for_the_others() {
         1,
         "no second call inside uncertain_ttl"
     );
+
+    // An operator who checked the mailbox lets it be sent again.
+    let forgotten = survivors[1]
+        .admin_delete(&format!("/admin/labels/{LABEL}"))
+        .await;
+    assert_eq!(forgotten.status(), 200);
+    let sent = json_of(survivors[0].retrieve(LABEL).await).await;
+    assert_eq!(sent["status"], "sent", "{sent}");
 }
 
 #[tokio::test]
