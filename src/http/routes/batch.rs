@@ -264,7 +264,7 @@ mod tests {
 
     #[test]
     fn more_labels_than_allowed_is_too_large() {
-        let body = serde_json::to_vec(&serde_json::json!({ "labels": ["A10cnQO"; 3] })).unwrap();
+        let body = serde_json::to_vec(&serde_json::json!({ "labels": ["A10cnQO", "A10cnQP", "A10cnQQ"] })).unwrap();
         assert!(decode_batch(&body, 3).is_ok());
         assert!(matches!(
             decode_batch(&body, 2),
