@@ -78,11 +78,7 @@ pub fn run() -> ExitCode {
         Command::Demo => demo(cli.config),
         Command::CheckConfig => check_config(cli.config),
         Command::HashKey => hash_key(),
-        Command::GenKey {
-            user,
-            tier,
-            scopes,
-        } => gen_key(cli.config, &user, &tier, &scopes),
+        Command::GenKey { user, tier, scopes } => gen_key(cli.config, &user, &tier, &scopes),
         Command::Validate { labels } => return validate(&labels),
         Command::Healthcheck { url } => return healthcheck(cli.config, url),
     };

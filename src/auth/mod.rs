@@ -443,8 +443,13 @@ mod tests {
             .unwrap();
         assert!(dash.allows(Scope::Status));
         assert!(!dash.allows(Scope::Retrieve));
-        let alice = auth.identify(&headers(&[("x-api-key", KEY)]), OUTSIDER).unwrap();
-        assert!(Scope::ALL.iter().all(|scope| alice.allows(*scope)), "the default is both");
+        let alice = auth
+            .identify(&headers(&[("x-api-key", KEY)]), OUTSIDER)
+            .unwrap();
+        assert!(
+            Scope::ALL.iter().all(|scope| alice.allows(*scope)),
+            "the default is both"
+        );
         let carol = auth
             .identify(&headers(&[("x-forwarded-user", "carol")]), PROXY)
             .unwrap();

@@ -138,6 +138,9 @@ mod tests {
         assert!(status.allows(Scope::Status));
         assert!(!status.allows(Scope::Retrieve));
         assert!(!Scopes::of([]).allows(Scope::Status));
-        assert_eq!(Scopes::of([Scope::Retrieve, Scope::Retrieve]), Scopes::of([Scope::Retrieve]));
+        assert_eq!(
+            Scopes::of([Scope::Retrieve, Scope::Retrieve]),
+            Scopes::of([Scope::Retrieve])
+        );
     }
 }

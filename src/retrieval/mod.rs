@@ -168,9 +168,9 @@ impl Retrieval {
         for label in labels {
             started.push((label, self.start(identity, label).await));
         }
-        let finishing = started.into_iter().map(|(label, step)| {
-            self.finish(identity, request_id, label, step, Arc::clone(&mpc))
-        });
+        let finishing = started
+            .into_iter()
+            .map(|(label, step)| self.finish(identity, request_id, label, step, Arc::clone(&mpc)));
         futures_util::future::join_all(finishing).await
     }
 
@@ -201,7 +201,9 @@ impl Retrieval {
             Claim::Lead(lease) => {
                 let permit = match self.breaker.admit() {
                     Ok(permit) => permit,
-                    Err(retry_after) => return Step::Done(Err(Refused::CircuitOpen { retry_after })),
+                    Err(retry_after) => {
+                        return Step::Done(Err(Refused::CircuitOpen { retry_after }));
+                    }
                 };
                 match self.charge(identity).await {
                     Ok(()) => Step::Call { lease, permit },

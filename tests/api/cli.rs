@@ -378,5 +378,9 @@ fn gen_key_writes_its_scopes_and_check_config_shows_them() {
         .args(["gen-key", "--user", "dash", "--scope", "admin"])
         .output()
         .unwrap();
-    assert_eq!(refused.status.code(), Some(2), "clap refuses an unknown scope");
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "clap refuses an unknown scope"
+    );
 }

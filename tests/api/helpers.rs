@@ -479,6 +479,41 @@ impl TestApp {
         request.send().await.expect("request reaches the gateway")
     }
 
+    /// POSTs `{"labels": labels}` to `/api/action-codes/batch/{route}`
+    /// (`status` or `retrieve`) with extra request headers.
+    pub async fn batch(
+        &self,
+        route: &str,
+        labels: &[&str],
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(format!("{}/api/action-codes/batch/{route}", self.address))
+            .json(&json!({ "labels": labels }));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("request reaches the gateway")
+    }
+
+    /// POSTs a raw body with the given Content-Type to `/api/action-codes/batch/{route}`.
+    pub async fn batch_raw(
+        &self,
+        route: &str,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(format!("{}/api/action-codes/batch/{route}", self.address))
+            .body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        request.send().await.expect("request reaches the gateway")
+    }
+
     /// GETs the label status endpoint.
     pub async fn label_status(&self, label: &str) -> reqwest::Response {
         self.label_status_with(label, &[]).await

@@ -185,10 +185,12 @@ pub async fn retrieve(
         .into_iter();
     let replies = parsed
         .into_iter()
-        .map(|parsed| match (parsed, retrieved.next()) {
-            (Ok(label), Some(retrieved)) => reply(&label, retrieved),
-            (Ok(_), None) => Reply::problem(Problem::Internal("an item was lost".to_owned())),
-            (Err(problem), _) => Reply::problem(problem),
+        .map(|parsed| match parsed {
+            Ok(label) => match retrieved.next() {
+                Some(retrieved) => reply(&label, retrieved),
+                None => Reply::problem(Problem::Internal("an item was lost".to_owned())),
+            },
+            Err(problem) => Reply::problem(problem),
         })
         .collect();
     answer(&batch.labels, replies)
@@ -264,7 +266,9 @@ mod tests {
 
     #[test]
     fn more_labels_than_allowed_is_too_large() {
-        let body = serde_json::to_vec(&serde_json::json!({ "labels": ["A10cnQO", "A10cnQP", "A10cnQQ"] })).unwrap();
+        let body =
+            serde_json::to_vec(&serde_json::json!({ "labels": ["A10cnQO", "A10cnQP", "A10cnQQ"] }))
+                .unwrap();
         assert!(decode_batch(&body, 3).is_ok());
         assert!(matches!(
             decode_batch(&body, 2),

@@ -31,7 +31,6 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Room for a typical answer, so it is written without growing.
 const ANSWER_CAPACITY: usize = 640;
 
-
 /// The request body the MPC accepts; other members are ignored.
 #[derive(Debug, ToSchema)]
 pub struct RetrieveRequest<'a> {
@@ -52,7 +51,8 @@ struct Members<'a> {
 
 impl<'de: 'a, 'a> Deserialize<'de> for RetrieveRequest<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let Members { label } = object_only(deserializer, "a JSON object with a string member \"label\"")?;
+        let Members { label } =
+            object_only(deserializer, "a JSON object with a string member \"label\"")?;
         Ok(Self { label })
     }
 }
