@@ -1,6 +1,7 @@
 //! The use case, free of any framework: a single request, a batch item and
 //! a page action all retrieve a label's action code through
-//! [`Retrieval::retrieve`].
+//! [`Retrieval::retrieve`], or [`Retrieval::retrieve_all`] for many labels,
+//! which takes each through the same two steps.
 //!
 //! remembered → breaker → store claim → the user's upstream quota → the
 //! courtesy budget → an MPC call slot → the MPC → settle; each retrieval
