@@ -48,6 +48,10 @@ pub enum Command {
         /// The quota tier of that user; must be one of `quota.tiers`.
         #[arg(long, default_value = "default")]
         tier: String,
+        /// A scope the key holds (`status`: check labels; `retrieve`: request
+        /// action codes); repeat for both, which is the default.
+        #[arg(long = "scope", value_name = "SCOPE", value_parser = ["status", "retrieve"])]
+        scopes: Vec<String>,
     },
     /// Print each label's kind, or why it is invalid, then a summary line;
     /// exit 1 if any is invalid.
@@ -74,7 +78,7 @@ pub fn run() -> ExitCode {
         Command::Demo => demo(cli.config),
         Command::CheckConfig => check_config(cli.config),
         Command::HashKey => hash_key(),
-        Command::GenKey { user, tier } => gen_key(cli.config, &user, &tier),
+        Command::GenKey { user, tier, scopes } => gen_key(cli.config, &user, &tier, &scopes),
         Command::Validate { labels } => return validate(&labels),
         Command::Healthcheck { url } => return healthcheck(cli.config, url),
     };
@@ -184,6 +188,9 @@ struct KeyEntry<'a> {
     user: &'a str,
     sha256: String,
     tier: &'a str,
+    // Left out when none is given: a key holds both scopes by default.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    scopes: Vec<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -196,7 +203,12 @@ struct KeySnippet<'a> {
     auth: AuthSection<'a>,
 }
 
-fn gen_key(config: Option<PathBuf>, user: &str, tier: &str) -> Result<(), String> {
+fn gen_key(
+    config: Option<PathBuf>,
+    user: &str,
+    tier: &str,
+    scopes: &[String],
+) -> Result<(), String> {
     if user.trim().is_empty() || user.chars().any(char::is_control) {
         return Err("--user must be a non-empty name without control characters".to_owned());
     }
@@ -209,6 +221,14 @@ fn gen_key(config: Option<PathBuf>, user: &str, tier: &str) -> Result<(), String
             known.join(", ")
         ));
     }
+    let mut scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
+    scopes.sort_unstable();
+    scopes.dedup();
+    let held = if scopes.is_empty() {
+        "status, retrieve".to_owned()
+    } else {
+        scopes.join(", ")
+    };
     let key = generate_key();
     let snippet = KeySnippet {
         auth: AuthSection {
@@ -216,6 +236,7 @@ fn gen_key(config: Option<PathBuf>, user: &str, tier: &str) -> Result<(), String
                 user,
                 sha256: key_digest(&key),
                 tier,
+                scopes,
             }],
         },
     };
@@ -226,7 +247,7 @@ fn gen_key(config: Option<PathBuf>, user: &str, tier: &str) -> Result<(), String
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "# API key for {user} (tier {tier}), made by gen-key\n{lines}"
+        "# API key for {user} (tier {tier}, scopes {held}), made by gen-key\n{lines}"
     )
     .map_err(|e| e.to_string())
 }

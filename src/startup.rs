@@ -190,6 +190,7 @@ impl Gateway {
         };
         let state = AppState {
             max_body_bytes: settings.server.max_body_bytes.get(),
+            max_batch_labels: settings.server.max_batch_labels.get(),
             authenticator: ArcSwap::from_pointee(Authenticator::new(
                 &settings.auth,
                 &settings.quota,

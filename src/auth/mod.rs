@@ -14,8 +14,8 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{AuthSettings, DEFAULT_TIER, Network, QuotaSettings};
-use crate::domain::identity::{Identity, IdentitySource};
+use crate::config::{AuthSettings, DEFAULT_TIER, KeyScope, Network, QuotaSettings};
+use crate::domain::identity::{Identity, IdentitySource, Scope, Scopes};
 use crate::quota::{Limit, Tier};
 
 /// Prefix of generated keys, so a leaked one is recognisable in a scan.
@@ -60,6 +60,7 @@ struct KnownKey {
     digest: DigestWords,
     user: Arc<str>,
     tier: Arc<Tier>,
+    scopes: Scopes,
 }
 
 impl fmt::Debug for KnownKey {
@@ -67,6 +68,7 @@ impl fmt::Debug for KnownKey {
         f.debug_struct("KnownKey")
             .field("user", &self.user)
             .field("tier", &self.tier.name)
+            .field("scopes", &self.scopes)
             .finish_non_exhaustive()
     }
 }
@@ -117,6 +119,7 @@ impl Authenticator {
                 digest: DigestWords::from(entry.sha256.as_bytes()),
                 user: entry.user.as_str().into(),
                 tier: tier(&entry.tier).unwrap_or_else(|| default_tier.clone()),
+                scopes: scopes_of(&entry.scopes),
             })
             .collect();
         let user_tiers = quota
@@ -192,7 +195,8 @@ impl Authenticator {
             known.user.clone(),
             known.tier.clone(),
             IdentitySource::ApiKey,
-        ))
+        )
+        .with_scopes(known.scopes))
     }
 
     fn named(&self, user: &str, source: IdentitySource) -> Identity {
@@ -203,6 +207,14 @@ impl Authenticator {
             .clone();
         Identity::new(user.into(), tier, source)
     }
+}
+
+/// The scopes `[[auth.keys]] scopes` names.
+fn scopes_of(names: &[KeyScope]) -> Scopes {
+    Scopes::of(names.iter().map(|name| match name {
+        KeyScope::Status => Scope::Status,
+        KeyScope::Retrieve => Scope::Retrieve,
+    }))
 }
 
 /// A SHA-256 digest as four words, compared in constant time a word at a time.
@@ -418,6 +430,30 @@ mod tests {
             auth.identify(&headers(&[]), OUTSIDER),
             Err(AuthError::NoCredentials)
         );
+    }
+
+    #[test]
+    fn keys_hold_their_scopes_and_others_hold_both() {
+        let auth = authenticator(&format!(
+            "[[auth.keys]]\nuser = \"dash\"\nsha256 = \"{}\"\nscopes = [\"status\"]\n",
+            key_digest("mpcgw_dashboard")
+        ));
+        let dash = auth
+            .identify(&headers(&[("x-api-key", "mpcgw_dashboard")]), OUTSIDER)
+            .unwrap();
+        assert!(dash.allows(Scope::Status));
+        assert!(!dash.allows(Scope::Retrieve));
+        let alice = auth
+            .identify(&headers(&[("x-api-key", KEY)]), OUTSIDER)
+            .unwrap();
+        assert!(
+            Scope::ALL.iter().all(|scope| alice.allows(*scope)),
+            "the default is both"
+        );
+        let carol = auth
+            .identify(&headers(&[("x-forwarded-user", "carol")]), PROXY)
+            .unwrap();
+        assert!(Scope::ALL.iter().all(|scope| carol.allows(*scope)));
     }
 
     #[test]

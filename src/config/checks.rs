@@ -108,6 +108,12 @@ impl Settings {
                     format!("{:?} is not a tier in quota.tiers", key.tier),
                 ));
             }
+            if key.scopes.is_empty() {
+                return Err(ConfigError::invalid(
+                    &format!("auth.keys[{index}].scopes"),
+                    "must name at least one of \"status\" and \"retrieve\" (omit it for both)",
+                ));
+            }
             if !digests.insert(key.sha256) {
                 return Err(ConfigError::invalid(
                     &format!("auth.keys[{index}].sha256"),
@@ -150,6 +156,16 @@ mod tests {
                 format!("[[auth.keys]]\nuser = \"\"\nsha256 = \"{DIGEST}\"\n"),
                 "auth.keys[0].user",
             ),
+            (
+                format!("[[auth.keys]]\nuser = \"a\"\nsha256 = \"{DIGEST}\"\nscopes = []\n"),
+                "auth.keys[0].scopes",
+            ),
+            (
+                format!(
+                    "[[auth.keys]]\nuser = \"a\"\nsha256 = \"{DIGEST}\"\nscopes = [\"admin\"]\n"
+                ),
+                "auth.keys[0].scopes[0]",
+            ),
             ("[quota.users]\nalice = \"gold\"\n".to_owned(), "quota.users.alice"),
             ("[auth]\ntrusted_proxies = [\"10.0.0.0/33\"]\n".to_owned(), "auth.trusted_proxies[0]"),
             ("[auth]\ntrusted_user_header = \"bad header\"\n".to_owned(), "auth.trusted_user_header"),
@@ -168,5 +184,22 @@ mod tests {
             let err = Settings::load_from(Some(f.path()), env(&[])).unwrap_err();
             assert_eq!(invalid_key(err), key, "{contents}");
         }
+    }
+
+    #[test]
+    fn key_scopes_default_to_both_and_load_as_named() {
+        use crate::config::KeyScope;
+        let f = file(&format!(
+            "[[auth.keys]]\nuser = \"a\"\nsha256 = \"{DIGEST}\"\n\
+             [[auth.keys]]\nuser = \"b\"\nsha256 = \"{}\"\nscopes = [\"status\"]\n",
+            "0".repeat(64)
+        ));
+        let settings = Settings::load_from(Some(f.path()), env(&[])).unwrap();
+        assert_eq!(settings.auth.keys[0].scopes, KeyScope::ALL);
+        assert_eq!(settings.auth.keys[1].scopes, [KeyScope::Status]);
+        let rendered = settings.to_toml();
+        assert!(rendered.contains("scopes = [\"status\"]"), "{rendered}");
+        assert_eq!(settings.server.max_batch_labels.get(), 100);
+        assert_eq!(settings.server.max_batch_body_bytes(), 12_800);
     }
 }

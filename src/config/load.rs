@@ -183,6 +183,16 @@ mod tests {
                 "server.max_connections",
             ),
             (
+                "MPC_GATEWAY__SERVER__MAX_BATCH_LABELS",
+                "0",
+                "server.max_batch_labels",
+            ),
+            (
+                "MPC_GATEWAY__SERVER__MAX_BATCH_LABELS",
+                "many",
+                "server.max_batch_labels",
+            ),
+            (
                 "MPC_GATEWAY__UPSTREAM__BASE_URL",
                 "ftp://example.org",
                 "upstream.base_url",

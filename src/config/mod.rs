@@ -68,6 +68,20 @@ pub struct ServerSettings {
     pub workers: usize,
     /// Most connections the public listener holds at once, all workers together.
     pub max_connections: NonZeroUsize,
+    /// Most labels in one batch request; its body may be 128 bytes a label.
+    pub max_batch_labels: NonZeroUsize,
+}
+
+/// Bytes of a batch body allowed per label it may hold.
+pub const BATCH_BYTES_PER_LABEL: usize = 128;
+
+impl ServerSettings {
+    /// The cap on a batch request's body: `max_batch_labels` × 128 bytes.
+    pub fn max_batch_body_bytes(&self) -> usize {
+        self.max_batch_labels
+            .get()
+            .saturating_mul(BATCH_BYTES_PER_LABEL)
+    }
 }
 
 /// `[admin]`: the operators' listener.
@@ -172,10 +186,33 @@ pub struct KeyEntry {
     /// The user's quota tier.
     #[serde(default = "default_tier")]
     pub tier: String,
+    /// The routes the key may use; both scopes when omitted.
+    #[serde(default = "all_scopes")]
+    pub scopes: Vec<KeyScope>,
+}
+
+/// A scope an API key may hold, as `[[auth.keys]] scopes` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyScope {
+    /// The label and `batch/status` routes.
+    Status,
+    /// The `retrieve` and `batch/retrieve` routes.
+    Retrieve,
+}
+
+impl KeyScope {
+    /// Every scope, the default of a key.
+    pub const ALL: [Self; 2] = [Self::Status, Self::Retrieve];
 }
 
 fn default_tier() -> String {
     DEFAULT_TIER.to_owned()
+}
+
+/// The scopes of a key that names none: all of them.
+pub fn all_scopes() -> Vec<KeyScope> {
+    KeyScope::ALL.to_vec()
 }
 
 /// The tier of users nobody assigned one.

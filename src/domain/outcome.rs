@@ -184,11 +184,13 @@ pub enum RetrievalOutcome {
     GatewayBusy,
     /// The shared store could not be reached, so the label could not be claimed.
     StoreUnavailable,
+    /// 403: the API key lacks the scope the route needs.
+    Forbidden,
 }
 
 impl RetrievalOutcome {
     /// Every outcome, for series exported at 0 from start-up.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::Sent,
         Self::Deduplicated,
         Self::Coalesced,
@@ -202,6 +204,7 @@ impl RetrievalOutcome {
         Self::CircuitOpen,
         Self::GatewayBusy,
         Self::StoreUnavailable,
+        Self::Forbidden,
     ];
 
     /// The `outcome` label value.
@@ -220,6 +223,7 @@ impl RetrievalOutcome {
             Self::CircuitOpen => "circuit_open",
             Self::GatewayBusy => "gateway_busy",
             Self::StoreUnavailable => "store_unavailable",
+            Self::Forbidden => "forbidden",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The admission steps every public request passes before its handler:
-//! a header-size cap (431), identity (401), then the user's anti-flood limit
-//! (429); on the way out, the RateLimit fields for the user's upstream quota.
+//! a header-size cap (431), identity (401), the route's scope (403), then
+//! the user's anti-flood limit (429); on the way out, the RateLimit fields
+//! for the user's upstream quota.
 
 use std::future::{Ready, ready};
 
@@ -15,7 +16,7 @@ use crate::domain::identity::Identity;
 use crate::http::context::Notes;
 use crate::http::problem::Problem;
 use crate::http::routes::retrieve::refused_at_edge;
-use crate::http::routes::{OPENAPI_ROUTE, RETRIEVE_ROUTE, template_of};
+use crate::http::routes::{OPENAPI_ROUTE, is_retrieval, required_scope, template_of};
 use crate::http::state::AppState;
 use crate::observe::record::Asker;
 use crate::quota::{Decision, Tier, whole_seconds};
@@ -60,15 +61,22 @@ pub async fn admit(
     if let Some(notes) = req.extensions().get::<Notes>() {
         notes.user(identity.shared_user());
     }
-
-    let admitted = state.quotas.admit_request(identity.user(), identity.tier());
-    req.extensions_mut().insert(identity.clone());
-    let mut response = match admitted {
-        Ok(()) => next.call(req).await?.map_into_boxed_body(),
-        Err(refusal) => {
-            state.metrics.quota_rejected(refusal.limit);
-            let problem = Problem::QuotaExceeded(refusal);
-            refuse(req, &state, Some(identity.user()), problem)
+    // Before anything is charged, the anti-flood limit included.
+    let forbidden = required_scope(template_of(req.request()))
+        .filter(|scope| !identity.allows(*scope))
+        .map(|required_scope| Problem::Forbidden { required_scope });
+    let mut response = if let Some(problem) = forbidden {
+        refuse(req, &state, Some(identity.user()), problem)
+    } else {
+        let admitted = state.quotas.admit_request(identity.user(), identity.tier());
+        req.extensions_mut().insert(identity.clone());
+        match admitted {
+            Ok(()) => next.call(req).await?.map_into_boxed_body(),
+            Err(refusal) => {
+                state.metrics.quota_rejected(refusal.limit);
+                let problem = Problem::QuotaExceeded(refusal);
+                refuse(req, &state, Some(identity.user()), problem)
+            }
         }
     };
 
@@ -93,7 +101,7 @@ fn refuse(
     user: Option<&str>,
     problem: Problem,
 ) -> ServiceResponse<BoxBody> {
-    if template_of(req.request()) == RETRIEVE_ROUTE
+    if is_retrieval(template_of(req.request()))
         && let Some(notes) = req.extensions().get::<Notes>()
     {
         let asker = Asker {

@@ -7,7 +7,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::domain::label::{AcceptedFormat, LabelKind};
 use crate::http::problem::ProblemDocument;
-use crate::http::routes::{labels, retrieve};
+use crate::http::routes::{batch, labels, retrieve};
 use crate::upstream::MpcAnswer;
 
 /// The public API's document.
@@ -17,10 +17,10 @@ use crate::upstream::MpcAnswer;
         title = "mpc-action-gateway",
         description = "Intranet gateway in front of the Minor Planet Center's Action Codes API: \
                        the MPC's own retrieve request, with label validation, identities, quotas, \
-                       deduplication and RFC 9457 problems.",
+                       deduplication and RFC 9457 problems; batch routes for dashboards.",
         license(name = "MIT OR Apache-2.0")
     ),
-    paths(retrieve::retrieve, labels::status),
+    paths(retrieve::retrieve, labels::status, batch::status, batch::retrieve),
     components(schemas(ProblemDocument, MpcAnswer, AcceptedFormat, LabelKind)),
     modifiers(&Security),
     tags((name = "action codes", description = "Requesting and checking action codes"))

@@ -12,6 +12,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use crate::auth::AuthError;
+use crate::domain::identity::Scope;
 use crate::domain::label::{ACCEPTED_FORMATS, AcceptedFormat, LabelError};
 use crate::domain::outcome::{MpcAnswer, RetrievalOutcome, Uncertainty};
 use crate::quota::{Refusal, whole_seconds};
@@ -27,6 +28,21 @@ pub enum Problem {
     /// The body is not JSON or has no `label` string.
     #[error("malformed request: {0}")]
     MalformedRequest(String),
+    /// A batch body is not a JSON object with 1 or more label strings in `labels`.
+    #[error("malformed batch: {0}")]
+    MalformedBatch(String),
+    /// A batch holds more labels than `server.max_batch_labels`.
+    #[error("batch of more than {max_labels} labels")]
+    BatchTooLarge {
+        /// The configured cap.
+        max_labels: usize,
+    },
+    /// The caller's API key lacks the scope the route needs.
+    #[error("forbidden: the key lacks the scope {}", .required_scope.as_str())]
+    Forbidden {
+        /// The scope the route needs.
+        required_scope: Scope,
+    },
     /// The body is larger than `server.max_body_bytes`.
     #[error("request body larger than {limit} bytes")]
     PayloadTooLarge {
@@ -101,6 +117,9 @@ pub enum Problem {
     /// The admin listener faces the network and no admin token is set.
     #[error("admin routes closed: no admin token on a non-loopback listener")]
     AdminClosed,
+    /// An answer that could not be written (none is expected).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// No such route.
     #[error("not found: {0}")]
     NotFound(String),
@@ -118,7 +137,7 @@ impl Problem {
         const BAD_GATEWAY: StatusCode = StatusCode::BAD_GATEWAY;
         const UNAVAILABLE: StatusCode = StatusCode::SERVICE_UNAVAILABLE;
         match self {
-            Self::MalformedRequest(_) => (
+            Self::MalformedRequest(_) | Self::MalformedBatch(_) => (
                 StatusCode::BAD_REQUEST,
                 "urn:mpc-gateway:malformed-request",
                 "Malformed request",
@@ -137,6 +156,16 @@ impl Problem {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "urn:mpc-gateway:invalid-label",
                 "Invalid label",
+            ),
+            Self::BatchTooLarge { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "urn:mpc-gateway:batch-too-large",
+                "Too many labels in one batch",
+            ),
+            Self::Forbidden { .. } => (
+                StatusCode::FORBIDDEN,
+                "urn:mpc-gateway:forbidden",
+                "Forbidden",
             ),
             Self::Unauthenticated(_) => (
                 StatusCode::UNAUTHORIZED,
@@ -215,6 +244,11 @@ impl Problem {
                 "urn:mpc-gateway:forbidden",
                 "Forbidden",
             ),
+            Self::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "urn:mpc-gateway:internal-error",
+                "Internal error",
+            ),
             Self::MethodNotAllowed { .. } => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "urn:mpc-gateway:method-not-allowed",
@@ -237,6 +271,19 @@ impl Problem {
             Self::MalformedRequest(why) => {
                 format!("The body must be a JSON object with a string member \"label\": {why}.")
             }
+            Self::MalformedBatch(why) => format!(
+                "The body must be a JSON object whose member \"labels\" is a non-empty list \
+                 of label strings: {why}."
+            ),
+            Self::BatchTooLarge { max_labels } => format!(
+                "A batch may hold at most {max_labels} labels; send the rest in another batch. \
+                 Nothing was sent."
+            ),
+            Self::Forbidden { required_scope } => format!(
+                "This API key does not hold the scope \"{}\" that this route needs; ask the \
+                 gateway's operators for a key that does.",
+                required_scope.as_str()
+            ),
             Self::PayloadTooLarge { limit } => {
                 format!("The request body is larger than the {limit} bytes this gateway accepts.")
             }
@@ -308,6 +355,7 @@ impl Problem {
                 'mpc-action-gateway hash-key') and send 'Authorization: Bearer <admin token>', \
                 or listen on a loopback address."
                 .to_owned(),
+            Self::Internal(why) => format!("The gateway could not write its answer: {why}."),
             Self::NotFound(path) => format!("There is no resource at {path}."),
             Self::MethodNotAllowed { allow } => {
                 format!("This resource accepts only {allow}.")
@@ -320,6 +368,8 @@ impl Problem {
     pub fn edge_outcome(&self) -> Option<RetrievalOutcome> {
         Some(match self {
             Self::MalformedRequest(_)
+            | Self::MalformedBatch(_)
+            | Self::BatchTooLarge { .. }
             | Self::PayloadTooLarge { .. }
             | Self::UnsupportedMediaType(_)
             | Self::BodyTimeout
@@ -327,6 +377,7 @@ impl Problem {
             Self::InvalidLabel { .. } => RetrievalOutcome::InvalidLabel,
             Self::Unauthenticated(_) => RetrievalOutcome::Unauthenticated,
             Self::QuotaExceeded(_) => RetrievalOutcome::QuotaExceeded,
+            Self::Forbidden { .. } => RetrievalOutcome::Forbidden,
             _ => return None,
         })
     }
@@ -357,6 +408,8 @@ impl Problem {
             limit: None,
             retry_after_seconds: None,
             max_body_bytes: None,
+            max_labels: None,
+            required_scope: None,
         };
         match self {
             Self::InvalidLabel { label, error } => {
@@ -366,6 +419,10 @@ impl Problem {
             }
             Self::UpstreamRejected(answer) => document.upstream = Some(answer.clone()),
             Self::PayloadTooLarge { limit } => document.max_body_bytes = Some(*limit),
+            Self::BatchTooLarge { max_labels } => document.max_labels = Some(*max_labels),
+            Self::Forbidden { required_scope } => {
+                document.required_scope = Some(required_scope.as_str());
+            }
             Self::QuotaExceeded(refusal) => {
                 document.limit = Some(refusal.limit.as_str());
                 document.retry_after_seconds = Some(whole_seconds(refusal.retry_after));
@@ -373,6 +430,18 @@ impl Problem {
             _ => {}
         }
         document
+    }
+}
+
+impl Problem {
+    /// The RFC 9457 document as JSON: the body of the response, or of a batch item.
+    pub fn document_json(&self) -> Vec<u8> {
+        // Sized for the largest common document, an invalid label's.
+        let mut body = Vec::with_capacity(1024);
+        if serde_json::to_writer(&mut body, &self.document()).is_err() {
+            body.clear();
+        }
+        body
     }
 }
 
@@ -447,6 +516,13 @@ pub struct ProblemDocument {
     /// `payload-too-large`: the cap on request bodies.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<usize>,
+    /// `batch-too-large`: the most labels one batch may hold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_labels: Option<usize>,
+    /// `forbidden`: the scope the route needs (`status` or `retrieve`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "retrieve")]
+    pub required_scope: Option<&'static str>,
 }
 
 impl ResponseError for Problem {
@@ -472,12 +548,7 @@ impl ResponseError for Problem {
         if let Some(wait) = self.retry_after() {
             response.insert_header((header::RETRY_AFTER, whole_seconds(wait)));
         }
-        // Sized for the largest common document, an invalid label's.
-        let mut body = Vec::with_capacity(1024);
-        if serde_json::to_writer(&mut body, &self.document()).is_err() {
-            body.clear();
-        }
-        response.body(body)
+        response.body(self.document_json())
     }
 }
 
@@ -509,6 +580,23 @@ mod tests {
     }
 
     #[test]
+    fn batch_and_scope_problems_carry_their_members() {
+        let too_large = Problem::BatchTooLarge { max_labels: 100 }.to_json();
+        assert_eq!(too_large["type"], "urn:mpc-gateway:batch-too-large");
+        assert_eq!(too_large["status"], 422);
+        assert_eq!(too_large["max_labels"], 100);
+        let forbidden = Problem::Forbidden {
+            required_scope: Scope::Retrieve,
+        }
+        .to_json();
+        assert_eq!(forbidden["type"], "urn:mpc-gateway:forbidden");
+        assert_eq!(forbidden["status"], 403);
+        assert_eq!(forbidden["required_scope"], "retrieve");
+        let malformed = Problem::MalformedBatch("x".into()).to_json();
+        assert_eq!(malformed["type"], "urn:mpc-gateway:malformed-request");
+    }
+
+    #[test]
     fn upstream_rejection_keeps_the_mpc_status() {
         let problem =
             Problem::UpstreamRejected(MpcAnswer::with_json(404, &json!({"error": "unknown"})));
@@ -520,6 +608,11 @@ mod tests {
     fn every_problem_has_the_rfc9457_members() {
         let problems = [
             Problem::MalformedRequest("x".into()),
+            Problem::MalformedBatch("x".into()),
+            Problem::BatchTooLarge { max_labels: 100 },
+            Problem::Forbidden {
+                required_scope: Scope::Retrieve,
+            },
             Problem::PayloadTooLarge { limit: 1 },
             Problem::UnsupportedMediaType("x".into()),
             Problem::UpstreamError("x".into()),
@@ -539,6 +632,7 @@ mod tests {
             Problem::AdminUnauthorized,
             Problem::AdminClosed,
             Problem::NotFound("/x".into()),
+            Problem::Internal("x".into()),
             Problem::MethodNotAllowed { allow: "POST" },
         ];
         for problem in problems {

@@ -18,6 +18,9 @@ use crate::upstream::breaker::Breaker;
 pub struct AppState {
     /// Cap on request bodies, from `server.max_body_bytes`.
     pub max_body_bytes: usize,
+    /// Most labels in one batch, from `server.max_batch_labels`; its body may
+    /// be 128 bytes a label.
+    pub max_batch_labels: usize,
     /// Resolves callers to users and tiers; replaced whole on a reload.
     pub authenticator: ArcSwap<Authenticator>,
     /// Per-user limits and the courtesy budget.

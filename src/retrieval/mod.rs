@@ -1,6 +1,7 @@
 //! The use case, free of any framework: a single request, a batch item and
 //! a page action all retrieve a label's action code through
-//! [`Retrieval::retrieve`].
+//! [`Retrieval::retrieve`], or [`Retrieval::retrieve_all`] for many labels,
+//! which takes each through the same two steps.
 //!
 //! remembered → breaker → store claim → the user's upstream quota → the
 //! courtesy budget → an MPC call slot → the MPC → settle; each retrieval
@@ -12,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use crate::dedup::{Claim, Dedup, Lease, Settled};
+use crate::dedup::{Claim, Dedup, Lease, Settled, Waiter};
 use crate::domain::identity::Identity;
 use crate::domain::label::Label;
 use crate::domain::outcome::{Decision, Outcome, RetrievalOutcome, Uncertainty};
@@ -20,7 +21,7 @@ use crate::observe::record::{Asker, Observer};
 use crate::quota::{LimitKind, QuotaError, Quotas, Refusal};
 use crate::store::StoreError;
 use crate::upstream::MpcClient;
-use crate::upstream::breaker::Breaker;
+use crate::upstream::breaker::{Breaker, Permit};
 
 /// How long a caller is asked to wait when the shared store failed.
 pub const STORE_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -125,6 +126,17 @@ pub struct Retrieval {
     pub observer: Observer,
 }
 
+/// How far a retrieval got before its one wait: what it came to already,
+/// the call under way that it joined, or the call it is about to make.
+enum Step {
+    /// Decided without waiting: remembered, or refused.
+    Done(Result<Answered, Refused>),
+    /// Another retrieval holds the label's claim: wait for its outcome.
+    Wait(Waiter),
+    /// This retrieval leads, charged: a call slot, then the MPC.
+    Call { lease: Lease, permit: Permit },
+}
+
 impl Retrieval {
     /// Retrieves the action code for `label` on behalf of `identity`:
     /// answers from memory, joins the call under way, or asks the MPC, and
@@ -136,18 +148,31 @@ impl Retrieval {
         label: &Label,
         mpc: Arc<MpcClient>,
     ) -> Retrieved {
-        let answer = self.answer(identity, label, mpc).await;
-        let decision = decide(&answer);
-        let asker = Asker {
-            request_id,
-            user: Some(identity.user()),
-        };
-        self.observer.record(asker, Some(label), decision);
-        Retrieved {
-            answer,
-            decision,
-            decided_at: self.dedup.now(),
+        let step = self.start(identity, label).await;
+        self.finish(identity, request_id, label, step, mpc).await
+    }
+
+    /// Retrieves every label as [`Retrieval::retrieve`] would, one after
+    /// another up to the quota charge (claims and charges follow the order
+    /// given, so the first labels get the quota), then waits for every call
+    /// and every joined call at once: a slow MPC answer for one label holds
+    /// up none of the others. A label given twice is claimed by its first
+    /// occurrence and joined by the later ones: one MPC call.
+    pub async fn retrieve_all<'a>(
+        &self,
+        identity: &Identity,
+        request_id: &str,
+        labels: impl IntoIterator<Item = &'a Label>,
+        mpc: Arc<MpcClient>,
+    ) -> Vec<Retrieved> {
+        let mut started = Vec::new();
+        for label in labels {
+            started.push((label, self.start(identity, label).await));
         }
+        let finishing = started
+            .into_iter()
+            .map(|(label, step)| self.finish(identity, request_id, label, step, Arc::clone(&mpc)));
+        futures_util::future::join_all(finishing).await
     }
 
     /// Records a refusal at the edge (before a label was read, or an
@@ -161,26 +186,68 @@ impl Retrieval {
         self.observer.record(asker, None, decision);
     }
 
+    /// Everything up to the first wait on another party: the claim, and for
+    /// the leader the breaker, the quota and the budget.
+    async fn start(&self, identity: &Identity, label: &Label) -> Step {
+        let claim = match self.dedup.claim(label).await {
+            Ok(claim) => claim,
+            Err(error) => return Step::Done(Err(Refused::StoreUnavailable(error))),
+        };
+        match claim {
+            Claim::Remembered(remembered) => Step::Done(Ok(Answered {
+                settled: Ok(remembered),
+                via: Via::Memory,
+            })),
+            Claim::Wait(waiter) => Step::Wait(waiter),
+            Claim::Lead(lease) => {
+                let permit = match self.breaker.admit() {
+                    Ok(permit) => permit,
+                    Err(retry_after) => {
+                        return Step::Done(Err(Refused::CircuitOpen { retry_after }));
+                    }
+                };
+                match self.charge(identity).await {
+                    Ok(()) => Step::Call { lease, permit },
+                    Err(refused) => Step::Done(Err(refused)),
+                }
+            }
+        }
+    }
+
+    /// Waits for what `step` left to wait for, then records the decision.
+    async fn finish(
+        &self,
+        identity: &Identity,
+        request_id: &str,
+        label: &Label,
+        step: Step,
+        mpc: Arc<MpcClient>,
+    ) -> Retrieved {
+        let answer = self.answer(identity, label, step, mpc).await;
+        let decision = decide(&answer);
+        let asker = Asker {
+            request_id,
+            user: Some(identity.user()),
+        };
+        self.observer.record(asker, Some(label), decision);
+        Retrieved {
+            answer,
+            decision,
+            decided_at: self.dedup.now(),
+        }
+    }
+
     async fn answer(
         &self,
         identity: &Identity,
         label: &Label,
+        mut step: Step,
         mpc: Arc<MpcClient>,
     ) -> Result<Answered, Refused> {
         loop {
-            let claim = self
-                .dedup
-                .claim(label)
-                .await
-                .map_err(Refused::StoreUnavailable)?;
-            match claim {
-                Claim::Remembered(remembered) => {
-                    return Ok(Answered {
-                        settled: Ok(remembered),
-                        via: Via::Memory,
-                    });
-                }
-                Claim::Wait(waiter) => {
+            match step {
+                Step::Done(answer) => return answer,
+                Step::Wait(waiter) => {
                     if let Some(settled) = waiter.settled().await {
                         return Ok(Answered {
                             settled,
@@ -188,25 +255,24 @@ impl Retrieval {
                         });
                     }
                     // The leader was refused before calling the MPC: claim again.
+                    step = self.start(identity, label).await;
                 }
-                Claim::Lead(lease) => return self.lead(lease, identity, mpc).await,
+                Step::Call { lease, permit } => {
+                    return self.call(lease, permit, identity, mpc).await;
+                }
             }
         }
     }
 
-    /// Makes the one MPC call for the label, if the breaker, the quota, the
-    /// budget and a call slot allow it.
-    async fn lead(
+    /// Makes the one MPC call for the label, charged already, once a call
+    /// slot is free.
+    async fn call(
         &self,
         lease: Lease,
+        permit: Permit,
         identity: &Identity,
         mpc: Arc<MpcClient>,
     ) -> Result<Answered, Refused> {
-        let permit = self
-            .breaker
-            .admit()
-            .map_err(|retry_after| Refused::CircuitOpen { retry_after })?;
-        self.charge(identity).await?;
         let slot = tokio::time::timeout(self.slot_wait, Arc::clone(&self.slots).acquire_owned())
             .await
             .ok()

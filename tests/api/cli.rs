@@ -346,3 +346,41 @@ async fn healthcheck_exits_0_for_a_live_gateway_and_1_otherwise() {
         stderr(&from_config)
     );
 }
+
+#[test]
+fn gen_key_writes_its_scopes_and_check_config_shows_them() {
+    let mut config = config_with_ops_tier();
+    let output = gateway()
+        .args(["gen-key", "--user", "dash", "--scope", "status", "--config"])
+        .arg(config.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let lines: toml::Table = stdout(&output).parse().expect("stdout is TOML");
+    let scopes = lines["auth"]["keys"][0]["scopes"].as_array().unwrap();
+    assert_eq!(scopes, &[toml::Value::from("status")]);
+    config.write_all(&output.stdout).unwrap();
+
+    let checked = gateway()
+        .arg("check-config")
+        .arg("--config")
+        .arg(config.path())
+        .output()
+        .unwrap();
+    assert_eq!(checked.status.code(), Some(0), "{}", stderr(&checked));
+    let effective: toml::Table = stdout(&checked).parse().unwrap();
+    assert_eq!(
+        effective["auth"]["keys"][0]["scopes"].as_array().unwrap(),
+        &[toml::Value::from("status")]
+    );
+
+    let refused = gateway()
+        .args(["gen-key", "--user", "dash", "--scope", "admin"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "clap refuses an unknown scope"
+    );
+}

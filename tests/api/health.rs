@@ -56,6 +56,22 @@ async fn the_openapi_document_needs_no_identity_and_covers_the_api() {
         );
     }
     assert!(document["paths"]["/api/action-codes/labels/{label}"]["get"].is_object());
+    for path in [
+        "/api/action-codes/batch/status",
+        "/api/action-codes/batch/retrieve",
+    ] {
+        let batch = &document["paths"][path]["post"];
+        for status in ["200", "400", "401", "403", "413", "415", "422", "429"] {
+            assert!(
+                batch["responses"].get(status).is_some(),
+                "{path} lacks {status}"
+            );
+        }
+    }
+    let item = &document["components"]["schemas"]["BatchItem"]["properties"];
+    for member in ["label", "status", "body"] {
+        assert!(item.get(member).is_some(), "batch item lacks {member}");
+    }
     let problem = &document["components"]["schemas"]["ProblemDocument"]["properties"];
     for member in [
         "type",
@@ -68,6 +84,8 @@ async fn the_openapi_document_needs_no_identity_and_covers_the_api() {
         "upstream",
         "limit",
         "retry_after_seconds",
+        "max_labels",
+        "required_scope",
     ] {
         assert!(
             problem.get(member).is_some(),

@@ -20,7 +20,7 @@ use std::time::Duration;
 use mpc_action_gateway::auth::key_digest;
 use mpc_action_gateway::clock::{Clock, SystemClock};
 use mpc_action_gateway::config::{
-    ConfigError, KeyDigest, KeyEntry, LogFormat, Settings, StoreBackend, TierSettings,
+    ConfigError, KeyDigest, KeyEntry, KeyScope, LogFormat, Settings, StoreBackend, TierSettings,
 };
 use mpc_action_gateway::observe::logging;
 use mpc_action_gateway::reload::Reloader;
@@ -317,6 +317,17 @@ pub fn add_key(settings: &mut Settings, user: &str, key: &str, tier: &str) {
         user: user.to_owned(),
         sha256: KeyDigest::try_from(key_digest(key)).unwrap(),
         tier: tier.to_owned(),
+        scopes: mpc_action_gateway::config::all_scopes(),
+    });
+}
+
+/// Admits `key` as `user` in the default tier, holding only `scopes`.
+pub fn add_scoped_key(settings: &mut Settings, user: &str, key: &str, scopes: &[KeyScope]) {
+    settings.auth.keys.push(KeyEntry {
+        user: user.to_owned(),
+        sha256: KeyDigest::try_from(key_digest(key)).unwrap(),
+        tier: "default".to_owned(),
+        scopes: scopes.to_vec(),
     });
 }
 
@@ -461,6 +472,41 @@ impl TestApp {
         let mut request = self
             .client
             .post(format!("{}/api/action-codes/retrieve", self.address))
+            .body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        request.send().await.expect("request reaches the gateway")
+    }
+
+    /// POSTs `{"labels": labels}` to `/api/action-codes/batch/{route}`
+    /// (`status` or `retrieve`) with extra request headers.
+    pub async fn batch(
+        &self,
+        route: &str,
+        labels: &[&str],
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(format!("{}/api/action-codes/batch/{route}", self.address))
+            .json(&json!({ "labels": labels }));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("request reaches the gateway")
+    }
+
+    /// POSTs a raw body with the given Content-Type to `/api/action-codes/batch/{route}`.
+    pub async fn batch_raw(
+        &self,
+        route: &str,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(format!("{}/api/action-codes/batch/{route}", self.address))
             .body(body);
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type);

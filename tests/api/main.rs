@@ -6,6 +6,7 @@
 pub const ON_REDIS: bool = false;
 
 mod admin_access;
+mod batch;
 mod cli;
 mod dedup;
 mod demo;

@@ -285,3 +285,34 @@ async fn sighup_reloads_the_file_refuses_an_invalid_one_and_never_stops_the_gate
         "a clean stop after both"
     );
 }
+
+#[tokio::test]
+async fn a_reload_applies_a_keys_new_scopes() {
+    let (app, reloader) = spawn_app_reloadable(
+        |settings| {
+            settings.auth.allow_anonymous = false;
+            add_key(settings, "alice", ALICE, "default");
+        },
+        Arc::new(FakeClock::default()),
+        |settings| {
+            settings.auth.keys[0].scopes = vec![mpc_action_gateway::config::KeyScope::Status];
+            Ok(())
+        },
+    )
+    .await;
+    mpc_answers(&app, 200, json!({}), 1).await;
+    let (name, alice) = bearer(ALICE);
+    let alice = [(name, alice.as_str())];
+    assert_eq!(app.retrieve_with("A10cnQO", &alice).await.status(), 200);
+
+    reloader.reload().expect("the new configuration is valid");
+
+    let body = assert_problem(
+        app.retrieve_with("A10cnQP", &alice).await,
+        403,
+        "urn:mpc-gateway:forbidden",
+    )
+    .await;
+    assert_eq!(body["required_scope"], "retrieve");
+    assert_eq!(app.label_status_with("A10cnQO", &alice).await.status(), 200);
+}

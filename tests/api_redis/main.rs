@@ -11,6 +11,8 @@ pub const ON_REDIS: bool = true;
 
 #[path = "../api/admin_access.rs"]
 mod admin_access;
+#[path = "../api/batch.rs"]
+mod batch;
 #[path = "../api/dedup.rs"]
 mod dedup;
 #[path = "../api/health.rs"]

@@ -1,6 +1,7 @@
 //! HTTP endpoints, one file per group, registered once per listener.
 
 pub mod admin;
+pub mod batch;
 pub mod health;
 pub mod labels;
 pub mod media_type;
@@ -10,12 +11,22 @@ use std::fmt;
 use std::io::Write;
 use std::time::SystemTime;
 
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::from_fn;
-use actix_web::{HttpRequest, HttpResponse, web};
-
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
 
+use crate::domain::identity::Scope;
+use crate::domain::label::Label;
 use crate::http::problem::Problem;
+
+/// The media type of answers.
+pub const JSON: &str = "application/json";
+
+/// Header telling caches and people where an answer came from (RFC 9211).
+pub const CACHE_STATUS: &str = "cache-status";
 
 /// The OpenAPI document, the one public route that needs no identity.
 pub const OPENAPI_ROUTE: &str = "/openapi.json";
@@ -25,6 +36,12 @@ pub const RETRIEVE_ROUTE: &str = "/api/action-codes/retrieve";
 
 /// What the gateway knows of a label.
 pub const LABEL_ROUTE: &str = "/api/action-codes/labels/{label}";
+
+/// What the gateway knows of many labels.
+pub const BATCH_STATUS_ROUTE: &str = "/api/action-codes/batch/status";
+
+/// The retrieve request for many labels.
+pub const BATCH_RETRIEVE_ROUTE: &str = "/api/action-codes/batch/retrieve";
 
 /// Liveness probe (admin listener).
 pub const HEALTHZ_ROUTE: &str = "/healthz";
@@ -40,9 +57,11 @@ pub const ADMIN_LABEL_ROUTE: &str = "/admin/labels/{label}";
 
 /// Every route template: the `route` label of the HTTP metrics, and each
 /// resource's name, so a request's template is found without allocating.
-pub const TEMPLATES: [&str; 7] = [
+pub const TEMPLATES: [&str; 9] = [
     RETRIEVE_ROUTE,
     LABEL_ROUTE,
+    BATCH_STATUS_ROUTE,
+    BATCH_RETRIEVE_ROUTE,
     OPENAPI_ROUTE,
     HEALTHZ_ROUTE,
     READYZ_ROUTE,
@@ -64,6 +83,16 @@ pub fn public(cfg: &mut web::ServiceConfig) {
         resource(LABEL_ROUTE, LABEL_ROUTE)
             .route(web::get().to(labels::status))
             .default_service(web::to(|| method_not_allowed("GET"))),
+    )
+    .service(
+        resource(BATCH_STATUS_ROUTE, BATCH_STATUS_ROUTE)
+            .route(web::post().to(batch::status))
+            .default_service(web::to(|| method_not_allowed("POST"))),
+    )
+    .service(
+        resource(BATCH_RETRIEVE_ROUTE, BATCH_RETRIEVE_ROUTE)
+            .route(web::post().to(batch::retrieve))
+            .default_service(web::to(|| method_not_allowed("POST"))),
     )
     .service(
         resource(OPENAPI_ROUTE, OPENAPI_ROUTE)
@@ -108,6 +137,101 @@ fn resource(path: &'static str, template: &'static str) -> actix_web::Resource {
         "{template} is not in TEMPLATES"
     );
     web::resource(path).name(template)
+}
+
+/// The scope a public route needs, if it needs one.
+pub fn required_scope(template: &str) -> Option<Scope> {
+    match template {
+        RETRIEVE_ROUTE | BATCH_RETRIEVE_ROUTE => Some(Scope::Retrieve),
+        LABEL_ROUTE | BATCH_STATUS_ROUTE => Some(Scope::Status),
+        _ => None,
+    }
+}
+
+/// Whether a refusal on this route is also a retrieval decision.
+pub fn is_retrieval(template: &str) -> bool {
+    required_scope(template) == Some(Scope::Retrieve)
+}
+
+/// What a route answers for one label, rendered once: as the whole
+/// response by a single route, as an item (status and JSON body) by a batch.
+pub struct Reply {
+    /// The 200 JSON body, or the problem.
+    answer: Result<Vec<u8>, Problem>,
+    /// The `Cache-Status` of a retrieval.
+    cache_status: Option<String>,
+}
+
+impl Reply {
+    /// A 200 answer with `body` as JSON.
+    pub fn json(body: &impl Serialize, capacity: usize) -> Self {
+        let mut bytes = Vec::with_capacity(capacity);
+        let answer = match serde_json::to_writer(&mut bytes, body) {
+            Ok(()) => Ok(bytes),
+            // None is possible for the types answered; a plain 500 like `HttpResponse::json`.
+            Err(error) => Err(Problem::Internal(error.to_string())),
+        };
+        Self {
+            answer,
+            cache_status: None,
+        }
+    }
+
+    /// The answer `problem`.
+    pub fn problem(problem: Problem) -> Self {
+        Self {
+            answer: Err(problem),
+            cache_status: None,
+        }
+    }
+
+    /// The same answer with a `Cache-Status` header.
+    pub fn with_cache_status(self, cache_status: String) -> Self {
+        Self {
+            cache_status: Some(cache_status),
+            ..self
+        }
+    }
+
+    /// The whole response of a single route.
+    pub fn into_response(self) -> HttpResponse {
+        let mut response = match self.answer {
+            Ok(body) => HttpResponse::Ok()
+                .insert_header((header::CONTENT_TYPE, HeaderValue::from_static(JSON)))
+                .body(body),
+            Err(problem) => problem.error_response(),
+        };
+        if let Some(value) = self
+            .cache_status
+            .and_then(|text| HeaderValue::try_from(text).ok())
+        {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(CACHE_STATUS), value);
+        }
+        response
+    }
+
+    /// The status and JSON body of a batch item.
+    pub fn into_item(self) -> (u16, Box<RawValue>) {
+        let (status, bytes) = match self.answer {
+            Ok(body) => (StatusCode::OK, body),
+            Err(problem) => (problem.status_code(), problem.document_json()),
+        };
+        let body = String::from_utf8(bytes)
+            .ok()
+            .and_then(|text| RawValue::from_string(text).ok())
+            .unwrap_or_else(|| RawValue::from_string("null".to_owned()).expect("null is JSON"));
+        (status.as_u16(), body)
+    }
+}
+
+/// The label as given, parsed (422 when it is not one the MPC accepts).
+pub fn parse_label(raw: &str) -> Result<Label, Problem> {
+    Label::parse(raw).map_err(|error| Problem::InvalidLabel {
+        label: raw.to_owned(),
+        error,
+    })
 }
 
 /// The template of the route `req` matched, or [`UNMATCHED`].

@@ -2,10 +2,11 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::marker::PhantomData;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{MapAccess, Visitor};
@@ -16,8 +17,8 @@ use crate::domain::label::{Label, LabelKind};
 use crate::domain::outcome::{MpcAnswer, Outcome, Remembered};
 use crate::http::context::Notes;
 use crate::http::problem::{Problem, ProblemDocument};
-use crate::http::routes::Timestamp;
 use crate::http::routes::media_type::MediaType;
+use crate::http::routes::{JSON, Reply, Timestamp, parse_label};
 use crate::http::state::AppState;
 use crate::observe::record::Asker;
 use crate::retrieval::{self, Answered, Via};
@@ -29,12 +30,6 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Room for a typical answer, so it is written without growing.
 const ANSWER_CAPACITY: usize = 640;
-
-/// The media type of answers.
-const JSON: &str = "application/json";
-
-/// Header telling caches and people where an answer came from (RFC 9211).
-pub const CACHE_STATUS: &str = "cache-status";
 
 /// The request body the MPC accepts; other members are ignored.
 #[derive(Debug, ToSchema)]
@@ -54,27 +49,43 @@ struct Members<'a> {
     label: Cow<'a, str>,
 }
 
-// serde's derived impl for a struct also accepts a sequence of its members
-// in order, so `["A10cnQO"]` would be read as a label: only a map is asked for.
 impl<'de: 'a, 'a> Deserialize<'de> for RetrieveRequest<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ObjectOnly;
-
-        impl<'de> Visitor<'de> for ObjectOnly {
-            type Value = Members<'de>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object with a string member \"label\"")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                Members::deserialize(MapAccessDeserializer::new(map))
-            }
-        }
-
-        let Members { label } = deserializer.deserialize_map(ObjectOnly)?;
+        let Members { label } =
+            object_only(deserializer, "a JSON object with a string member \"label\"")?;
         Ok(Self { label })
     }
+}
+
+/// Reads `T` from a JSON object only: serde's derived impl for a struct also
+/// accepts a sequence of its members in order, so `["A10cnQO"]` would be
+/// read as a label.
+pub fn object_only<'de, D, T>(deserializer: D, expecting: &'static str) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct ObjectOnly<T> {
+        expecting: &'static str,
+        shape: PhantomData<T>,
+    }
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectOnly<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.expecting)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            T::deserialize(MapAccessDeserializer::new(map))
+        }
+    }
+
+    deserializer.deserialize_map(ObjectOnly {
+        expecting,
+        shape: PhantomData,
+    })
 }
 
 /// The answer to an accepted (or already accepted) request.
@@ -121,6 +132,7 @@ pub struct Retrieved<'a> {
          )),
         (status = 400, description = "`malformed-request`: the body is not JSON or has no string `label`", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 401, description = "`unauthenticated`: no or unknown credentials", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`: the API key lacks the scope `retrieve`", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 408, description = "`request-timeout`: the body did not arrive in time", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 413, description = "`payload-too-large`: the body is over `server.max_body_bytes`", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 415, description = "`unsupported-media-type`: the body is not declared as JSON", body = ProblemDocument, content_type = "application/problem+json"),
@@ -159,7 +171,7 @@ pub async fn retrieve(
         .retrieve(&identity, notes.request_id(), &label, mpc.into_inner())
         .await;
     notes.outcome(retrieved.decision.outcome);
-    answer(&label, retrieved)
+    reply(&label, retrieved).into_response()
 }
 
 /// The body, checked and decoded, and its label parsed.
@@ -171,10 +183,7 @@ async fn read_label(
     check_content_type(req)?;
     let bytes = read_body(req, payload, max_body_bytes).await?;
     let request = decode_body(&bytes)?;
-    Label::parse(&request.label).map_err(|error| Problem::InvalidLabel {
-        label: request.label.into_owned(),
-        error,
-    })
+    parse_label(&request.label)
 }
 
 /// Records a retrieve request refused before its label was read (or for an
@@ -186,11 +195,12 @@ pub fn refused_at_edge(state: &AppState, notes: &Notes, asker: Asker<'_>, proble
     }
 }
 
-/// Renders what a retrieval came to, with its `Cache-Status`.
-fn answer(label: &Label, retrieved: retrieval::Retrieved) -> HttpResponse {
+/// What a retrieval came to, as the single route and a batch item answer
+/// it: the 200 answer or the problem, with its `Cache-Status`.
+pub fn reply(label: &Label, retrieved: retrieval::Retrieved) -> Reply {
     let Answered { settled, via } = match retrieved.answer {
         Ok(answered) => answered,
-        Err(refused) => return Problem::from(refused).error_response(),
+        Err(refused) => return Reply::problem(Problem::from(refused)),
     };
     let now = retrieved.decided_at;
     let cache_status = match (via, &settled) {
@@ -202,29 +212,23 @@ fn answer(label: &Label, retrieved: retrieval::Retrieved) -> HttpResponse {
         (Via::Collapsed, _) => "mpc-action-gateway; fwd=miss; collapsed".to_owned(),
         (_, Err(_)) => "mpc-action-gateway; fwd=miss".to_owned(),
     };
-    let mut response = match settled {
+    let reply = match settled {
         Ok(remembered) => match remembered.outcome() {
             Outcome::Sent { upstream } => sent(label, &remembered, upstream, via),
             Outcome::Rejected { upstream } => {
-                Problem::UpstreamRejected(upstream.clone()).error_response()
+                Reply::problem(Problem::UpstreamRejected(upstream.clone()))
             }
-            Outcome::Uncertain { reason } => Problem::UpstreamUncertain {
+            Outcome::Uncertain { reason } => Reply::problem(Problem::UpstreamUncertain {
                 reason: *reason,
                 retry_after: remembered.remaining(now),
-            }
-            .error_response(),
+            }),
         },
-        Err(failure) => Problem::UpstreamError(capitalise(&failure.to_string())).error_response(),
+        Err(failure) => Reply::problem(Problem::UpstreamError(capitalise(&failure.to_string()))),
     };
-    if let Ok(value) = HeaderValue::from_str(&cache_status) {
-        response
-            .headers_mut()
-            .insert(HeaderName::from_static(CACHE_STATUS), value);
-    }
-    response
+    reply.with_cache_status(cache_status)
 }
 
-fn sent(label: &Label, remembered: &Remembered, upstream: &MpcAnswer, via: Via) -> HttpResponse {
+fn sent(label: &Label, remembered: &Remembered, upstream: &MpcAnswer, via: Via) -> Reply {
     let requested_at = Timestamp::new(remembered.requested_at());
     let resend_available_at = Timestamp::new(remembered.expires_at());
     let remembered = via == Via::Memory;
@@ -247,15 +251,8 @@ fn sent(label: &Label, remembered: &Remembered, upstream: &MpcAnswer, via: Via) 
         upstream,
     };
     // Written into a buffer sized for it, where `HttpResponse::json` would
-    // grow one from empty; like it, a failure (none is possible for these
-    // types) is a plain 500.
-    let mut body = Vec::with_capacity(ANSWER_CAPACITY);
-    match serde_json::to_writer(&mut body, &answer) {
-        Ok(()) => HttpResponse::Ok()
-            .insert_header((header::CONTENT_TYPE, HeaderValue::from_static(JSON)))
-            .body(body),
-        Err(error) => HttpResponse::from_error(actix_web::error::ErrorInternalServerError(error)),
-    }
+    // grow one from empty.
+    Reply::json(&answer, ANSWER_CAPACITY)
 }
 
 /// The sentence of a [`Retrieved`] answer, written straight into its JSON.
@@ -333,7 +330,7 @@ pub fn check_content_type(req: &HttpRequest) -> Result<(), Problem> {
 }
 
 /// Reads the body, refusing (413) as soon as it passes `limit` bytes.
-async fn read_body(
+pub async fn read_body(
     req: &HttpRequest,
     payload: web::Payload,
     limit: usize,
@@ -365,13 +362,18 @@ async fn read_body(
 
 /// Decodes a body into the MPC's request shape (400 when it is not one).
 pub fn decode_body(bytes: &[u8]) -> Result<RetrieveRequest<'_>, Problem> {
+    decode_json(bytes).map_err(Problem::MalformedRequest)
+}
+
+/// Decodes a JSON body into `T`, or says why it is not one.
+pub fn decode_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(Problem::MalformedRequest("the body is empty".to_owned()));
+        return Err("the body is empty".to_owned());
     }
     // serde_json skips the members it ignores without checking their UTF-8.
-    let text = std::str::from_utf8(bytes)
-        .map_err(|error| Problem::MalformedRequest(format!("the body is not UTF-8 ({error})")))?;
-    serde_json::from_str(text).map_err(|error| Problem::MalformedRequest(error.to_string()))
+    let text =
+        std::str::from_utf8(bytes).map_err(|error| format!("the body is not UTF-8 ({error})"))?;
+    serde_json::from_str(text).map_err(|error| error.to_string())
 }
 
 fn capitalise(text: &str) -> String {
