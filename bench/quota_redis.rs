@@ -1,7 +1,9 @@
 //! One quota step against a real Redis: the GCRA script on the server's
 //! clock, as every forwarded request runs it twice (the user's upstream
-//! quota, the courtesy budget) and every public request once (the peek for
-//! the RateLimit fields). The server is started here, without persistence,
+//! quota, the courtesy budget); and the peek for the RateLimit fields, which
+//! goes to Redis only when this replica has not stepped the key for 500 ms
+//! (`peek_redis`, a new key each time) and is worked out here otherwise
+//! (`peek_here`). The server is started here, without persistence,
 //! listening on a unix socket and on a loopback port, and stopped at the end.
 //!
 //! After criterion's groups it times 20 000 sequential steps one by one and
@@ -140,19 +142,37 @@ fn limit() -> Limit {
     )
 }
 
-const COSTS: [(&str, Cost); 2] = [("charge", Cost::Charge), ("peek", Cost::Peek)];
+/// What is measured: a name, the step, and whether each step takes a key
+/// of its own (so that a peek cannot be answered from the last step's state).
+const COSTS: [(&str, Cost, bool); 3] = [
+    ("charge", Cost::Charge, false),
+    ("peek_redis", Cost::Peek, true),
+    ("peek_here", Cost::Peek, false),
+];
+
+/// The key of step `index`.
+fn key(fresh: bool, index: u64) -> String {
+    if fresh {
+        format!("{USER}-{index}")
+    } else {
+        USER.to_owned()
+    }
+}
 
 fn steps(c: &mut Criterion, runtime: &Runtime, stores: &[(&'static str, RedisStore)]) {
     let limit = limit();
     for (transport, store) in stores {
         let mut group = c.benchmark_group(format!("quota_step_{transport}"));
-        for (name, cost) in COSTS {
+        let mut steps = 0;
+        for (name, cost, fresh) in COSTS {
             group.bench_function(name, |b| {
                 b.iter_custom(|iters| {
                     runtime.block_on(async {
+                        let keys: Vec<String> = (0..iters).map(|i| key(fresh, steps + i)).collect();
+                        steps += iters;
                         let started = Instant::now();
-                        for _ in 0..iters {
-                            black_box(store.step(USER, &limit, cost).await.unwrap());
+                        for key in &keys {
+                            black_box(store.step(key, &limit, cost).await.unwrap());
                         }
                         started.elapsed()
                     })
@@ -173,19 +193,20 @@ fn percentiles(runtime: &Runtime, stores: &[(&'static str, RedisStore)]) {
     let limit = limit();
     println!("\nquota step against Redis, {TIMED_STEPS} sequential steps each, timed one by one:");
     for (transport, store) in stores {
-        for (name, cost) in COSTS {
+        for (name, cost, fresh) in COSTS {
             let mut times = runtime.block_on(async {
                 let mut times = Vec::with_capacity(TIMED_STEPS);
-                for _ in 0..TIMED_STEPS {
+                for index in 0..TIMED_STEPS {
+                    let key = key(fresh, u64::MAX / 2 + index as u64);
                     let started = Instant::now();
-                    black_box(store.step(USER, &limit, cost).await.unwrap());
+                    black_box(store.step(&key, &limit, cost).await.unwrap());
                     times.push(started.elapsed());
                 }
                 times
             });
             times.sort_unstable();
             println!(
-                "  {transport:4} {name:6}  p50 {:7.1} us   p99 {:7.1} us   p99.9 {:7.1} us   max {:8.1} us",
+                "  {transport:4} {name:10}  p50 {:7.1} us   p99 {:7.1} us   p99.9 {:7.1} us   max {:8.1} us",
                 quantile(&times, 500),
                 quantile(&times, 990),
                 quantile(&times, 999),

@@ -198,6 +198,11 @@ if [ "$have_redis" = yes ]; then
     exit 1
   fi
 fi
+# The 100 labels of the batch rows (bench/wrk/labels.lua), remembered before
+# the rounds by one batch/retrieve.
+remembered_labels=$(printf '"2024-05-02T21:03:35.001_R%07d",' $(seq 100))
+curl -s -o /dev/null -H 'Content-Type: application/json' -H 'Authorization: Bearer mpcgw_bench_key' \
+  -d "{\"labels\": [${remembered_labels%,}]}" "http://$GATEWAY/api/action-codes/batch/retrieve"
 retrieve "$GATEWAY" "$HIT_LABEL" --include >"$work/hit_answer.http"
 retrieve "$GATEWAY" "$INVALID_LABEL" --include >"$work/invalid_answer.http"
 target/release/examples/floor "$FLOOR_ANSWER" "$work/hit_answer.http" >/dev/null 2>&1 &
@@ -318,6 +323,10 @@ for round in $(seq "$ROUNDS"); do
   fi
   measure gateway_hit_logged "$GATEWAY_LOGGED" same_label.lua "$round" "$gateway_logged_pid"
   measure_gateway gateway_invalid invalid_label.lua "$round"
+  measure_gateway gateway_label_status label_status.lua "$round"
+  measure_gateway gateway_batch_status batch_status.lua "$round"
+  measure_gateway gateway_hit_100 remembered_labels.lua "$round"
+  measure_gateway gateway_batch_retrieve batch_retrieve.lua "$round"
   measure_gateway gateway_miss new_label.lua "$round"
   if [ "$have_redis" = yes ]; then
     measure_redis gateway_redis_miss new_label.lua "$round"
@@ -363,6 +372,7 @@ echo "medians over $ROUNDS rounds:"
 echo "| path | requests/s | p50 | p99 | server CPU per request |"
 echo "|---|---|---|---|---|"
 rows="floor floor_with_gateway_answer floor_with_invalid_answer gateway_hit gateway_hit_logged gateway_invalid gateway_miss"
+rows="$rows gateway_label_status gateway_batch_status gateway_hit_100 gateway_batch_retrieve"
 [ "$have_nginx" = yes ] && rows="$rows nginx_hit nginx_miss"
 [ "$have_redis" = yes ] && rows="$rows gateway_redis_hit gateway_redis_miss"
 [ -n "$BASELINE" ] && rows="$rows gateway_hit_baseline gateway_invalid_baseline gateway_miss_baseline"
@@ -383,6 +393,14 @@ echo "  gateway hit / floor with the gateway's answer:       $(ratio gateway_hit
 echo "  gateway hit logging each request / gateway hit:      $(ratio gateway_hit_logged gateway_hit rps)   (log.level = info, JSON lines)"
 echo "  floor with the invalid answer / floor throughput:    $(ratio floor_with_invalid_answer floor rps)   (the 422's own cost: the most gateway invalid / floor can be)"
 echo "  gateway invalid / floor with the invalid answer:     $(ratio gateway_invalid floor_with_invalid_answer rps)   (the gateway's work)"
+# What one label of a 100-label batch costs against one single request:
+# from throughput, single / (100 x batch); from CPU, batch / (100 x single).
+per_label() {
+  echo "$(round_ratios "$2" "$1" rps | awk '{printf "%.3f\n", $1 / 100}' | middle %.3f) from throughput," \
+    "$(round_ratios "$1" "$2" cpu | awk '{printf "%.3f\n", $1 / 100}' | middle %.3f) from CPU"
+}
+echo "  batch/status, per label / one GET labels/{label}:   $(per_label gateway_batch_status gateway_label_status)   (target <= 0.5)"
+echo "  batch/retrieve, per label / one remembered retrieve: $(per_label gateway_batch_retrieve gateway_hit_100)   (target <= 0.5)"
 if [ "$have_redis" = yes ]; then
   echo "  gateway on Redis, hit / memory hit throughput:       $(ratio gateway_redis_hit gateway_hit rps)   (target >= 0.9)"
   if [ "$have_nginx" = yes ]; then

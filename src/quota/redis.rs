@@ -106,8 +106,9 @@ impl RedisStore {
             Some(clock) => clock.now(),
             None => SystemClock.now(),
         };
-        let tat = (tat > 0).then(|| tat.saturating_mul(1000));
-        Some(gcra(tat, nanos(now), limit, Cost::Peek).1)
+        // A TAT of 0 (none kept) is in the past: the same as a fresh key.
+        let tat = tat.saturating_mul(1000);
+        Some(gcra(Some(tat), nanos(now), limit, Cost::Peek).1)
     }
 
     /// The same store, stepped on `clock` instead of the server's (tests).
@@ -206,6 +207,15 @@ mod tests {
         assert!(peek.allowed);
         let charged = store.step("carol", &limit, Cost::Charge).await.unwrap();
         assert_eq!(charged.remaining, 2, "a charge always asks Redis");
+    }
+
+    #[tokio::test]
+    async fn keys_expire_in_redis_so_nothing_is_tracked_here() {
+        let store = RedisStore::new(for_tests(), "upstream");
+        let limit = Limit::per_minute(5.try_into().unwrap());
+        store.step("dave", &limit, Cost::Charge).await.unwrap();
+        assert_eq!(store.retain_recent(), 0);
+        assert_eq!(store.tracked(), 0);
     }
 
     #[tokio::test]
