@@ -1111,6 +1111,43 @@ mod tests {
     use crate::clock::FakeClock;
     use crate::store::redis::for_tests;
 
+    #[tokio::test]
+    async fn claims_wait_while_the_replicas_write_back_lost_data() {
+        let clock = Arc::new(FakeClock::default());
+        let redis = for_tests();
+        let store = RedisStore::start(
+            Arc::clone(&redis),
+            clock,
+            10,
+            Duration::from_secs(3600),
+            Duration::from_secs(5),
+        );
+        let label = Label::parse("A10cnQO").unwrap();
+        let hold = Duration::from_secs(120);
+        // The first claim writes the marker (a first start: no hold).
+        let Ok(Claim::Lead(claim)) = store.claim(&label, hold).await else {
+            panic!("expected to lead")
+        };
+        store.release(claim);
+        // A marker written after a loss: claims wait until it is ready.
+        let marker = redis.key("marker");
+        let held: i64 = redis
+            .query(
+                "marker",
+                ::redis::cmd("HSET")
+                    .arg(&marker)
+                    .arg("ready_at")
+                    .arg(u64::MAX / 4),
+            )
+            .await
+            .unwrap();
+        assert_eq!(held, 0, "the field was there already");
+        match store.claim(&Label::parse("A10cnQP").unwrap(), hold).await {
+            Err(error) => assert_eq!(error.reason, RECOVERING),
+            Ok(_) => panic!("a claim while the replicas write back"),
+        }
+    }
+
     super::super::store::dedup_store_suite!(async {
         let clock = Arc::new(FakeClock::default());
         super::super::store::suite::Fixture {
