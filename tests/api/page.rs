@@ -44,7 +44,7 @@ async fn the_page_loads_without_identity_with_its_security_headers() {
     assert_eq!(headers["content-type"], "text/html; charset=utf-8");
     assert_eq!(headers["content-security-policy"], CSP);
     assert_eq!(headers["x-content-type-options"], "nosniff");
-    assert_eq!(headers["referrer-policy"], "no-referrer");
+    assert_eq!(headers["referrer-policy"], "same-origin");
     let body = response.text().await.unwrap();
     assert!(
         body.contains("<textarea id=\"labels\" name=\"labels\""),
