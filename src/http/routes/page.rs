@@ -225,7 +225,7 @@ pub fn refused(problem: &Problem) -> HttpResponse {
 
 /// The labels pasted: separated by whitespace, commas or semicolons.
 pub fn split_labels(text: &str) -> Vec<&str> {
-    text.split(|c: char| matches!(c, '\n' | '\r' | ' ' | '\t' | ',' | ';'))
+    text.split(['\n', '\r', ' ', '\t', ',', ';'])
         .filter(|part| !part.is_empty())
         .collect()
 }
