@@ -27,6 +27,8 @@ mod labels;
 mod logging;
 #[path = "../api/mpc_replies.rs"]
 mod mpc_replies;
+#[path = "../api/page.rs"]
+mod page;
 #[path = "../api/observability.rs"]
 mod observability;
 #[path = "../api/quota.rs"]
