@@ -202,3 +202,36 @@ impl FromRequest for Identity {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::test::TestRequest;
+
+    use super::*;
+
+    fn cross(headers: &[(&str, &str)], public_origin: Option<&str>) -> bool {
+        let mut request = TestRequest::post().insert_header((header::HOST, "gw.example:8080"));
+        for (name, value) in headers {
+            request = request.insert_header((*name, *value));
+        }
+        is_cross_origin(&request.to_http_request(), public_origin)
+    }
+
+    #[test]
+    fn only_requests_a_browser_says_come_from_elsewhere_are_cross_origin() {
+        assert!(!cross(&[], None), "a script sends neither header");
+        assert!(!cross(&[("sec-fetch-site", "same-origin")], None));
+        assert!(!cross(&[("sec-fetch-site", "none")], None));
+        assert!(cross(&[("sec-fetch-site", "same-site")], None));
+        assert!(cross(&[("sec-fetch-site", "cross-site")], None));
+        assert!(!cross(&[("origin", "http://gw.example:8080")], None));
+        assert!(!cross(&[("origin", "http://GW.example:8080")], None));
+        assert!(cross(&[("origin", "https://gw.example:8080")], None));
+        assert!(cross(&[("origin", "http://gw.example")], None));
+        assert!(cross(&[("origin", "null")], None));
+        assert!(cross(&[("origin", "http://gw.example:8080.evil")], None));
+        let public = Some("https://gateway.obs.example");
+        assert!(!cross(&[("origin", "https://gateway.obs.example")], public));
+        assert!(cross(&[("origin", "http://gw.example:8080")], public));
+    }
+}

@@ -27,10 +27,10 @@ mod labels;
 mod logging;
 #[path = "../api/mpc_replies.rs"]
 mod mpc_replies;
-#[path = "../api/page.rs"]
-mod page;
 #[path = "../api/observability.rs"]
 mod observability;
+#[path = "../api/page.rs"]
+mod page;
 #[path = "../api/quota.rs"]
 mod quota;
 #[path = "../api/reload.rs"]
