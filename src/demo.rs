@@ -148,6 +148,9 @@ impl Demo {
             "  public API  http://{public}   e.g. curl -s http://{public}/api/action-codes/labels/A10cnQO"
         ));
         line(format!(
+            "  page        http://{public}/   the observer page, in a browser"
+        ));
+        line(format!(
             "  admin       http://{admin}   /metrics, /readyz, /admin/labels/{{label}}"
         ));
         line("The simulated MPC:".into());

@@ -191,6 +191,14 @@ impl Gateway {
         let state = AppState {
             max_body_bytes: settings.server.max_body_bytes.get(),
             max_batch_labels: settings.server.max_batch_labels.get(),
+            public_origin: Some(
+                settings
+                    .server
+                    .public_origin
+                    .trim_end_matches('/')
+                    .to_owned(),
+            )
+            .filter(|origin| !origin.is_empty()),
             authenticator: ArcSwap::from_pointee(Authenticator::new(
                 &settings.auth,
                 &settings.quota,

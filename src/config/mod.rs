@@ -70,6 +70,10 @@ pub struct ServerSettings {
     pub max_connections: NonZeroUsize,
     /// Most labels in one batch request; its body may be 128 bytes a label.
     pub max_batch_labels: NonZeroUsize,
+    /// The origin browsers reach the public listener at (e.g.
+    /// `https://gateway.obs.example`), that a `POST`'s `Origin` must be;
+    /// `""` for the request's own scheme and `Host`.
+    pub public_origin: String,
 }
 
 /// Bytes of a batch body allowed per label it may hold.

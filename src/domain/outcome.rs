@@ -186,11 +186,13 @@ pub enum RetrievalOutcome {
     StoreUnavailable,
     /// 403: the API key lacks the scope the route needs.
     Forbidden,
+    /// 403: a browser request from another origin.
+    CrossOrigin,
 }
 
 impl RetrievalOutcome {
     /// Every outcome, for series exported at 0 from start-up.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::Sent,
         Self::Deduplicated,
         Self::Coalesced,
@@ -205,6 +207,7 @@ impl RetrievalOutcome {
         Self::GatewayBusy,
         Self::StoreUnavailable,
         Self::Forbidden,
+        Self::CrossOrigin,
     ];
 
     /// The `outcome` label value.
@@ -224,6 +227,7 @@ impl RetrievalOutcome {
             Self::GatewayBusy => "gateway_busy",
             Self::StoreUnavailable => "store_unavailable",
             Self::Forbidden => "forbidden",
+            Self::CrossOrigin => "cross_origin",
         }
     }
 }

@@ -43,6 +43,9 @@ pub enum Problem {
         /// The scope the route needs.
         required_scope: Scope,
     },
+    /// A browser request from another origin (`Sec-Fetch-Site` or `Origin`).
+    #[error("cross-origin request")]
+    CrossOrigin,
     /// The body is larger than `server.max_body_bytes`.
     #[error("request body larger than {limit} bytes")]
     PayloadTooLarge {
@@ -167,6 +170,11 @@ impl Problem {
                 "urn:mpc-gateway:forbidden",
                 "Forbidden",
             ),
+            Self::CrossOrigin => (
+                StatusCode::FORBIDDEN,
+                "urn:mpc-gateway:cross-origin-request",
+                "Cross-origin request",
+            ),
             Self::Unauthenticated(_) => (
                 StatusCode::UNAUTHORIZED,
                 "urn:mpc-gateway:unauthenticated",
@@ -284,6 +292,9 @@ impl Problem {
                  gateway's operators for a key that does.",
                 required_scope.as_str()
             ),
+            Self::CrossOrigin => "This request came from a page of another site; the gateway \
+                 answers only its own page and clients that send no Origin. Nothing was sent."
+                .to_owned(),
             Self::PayloadTooLarge { limit } => {
                 format!("The request body is larger than the {limit} bytes this gateway accepts.")
             }
@@ -378,6 +389,7 @@ impl Problem {
             Self::Unauthenticated(_) => RetrievalOutcome::Unauthenticated,
             Self::QuotaExceeded(_) => RetrievalOutcome::QuotaExceeded,
             Self::Forbidden { .. } => RetrievalOutcome::Forbidden,
+            Self::CrossOrigin => RetrievalOutcome::CrossOrigin,
             _ => return None,
         })
     }

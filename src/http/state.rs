@@ -21,6 +21,8 @@ pub struct AppState {
     /// Most labels in one batch, from `server.max_batch_labels`; its body may
     /// be 128 bytes a label.
     pub max_batch_labels: usize,
+    /// `server.public_origin`, or `None` for the request's own scheme and `Host`.
+    pub public_origin: Option<String>,
     /// Resolves callers to users and tiers; replaced whole on a reload.
     pub authenticator: ArcSwap<Authenticator>,
     /// Per-user limits and the courtesy budget.

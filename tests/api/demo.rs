@@ -40,6 +40,22 @@ async fn demo_serves_a_full_retrieve_duplicate_status_flow() {
     assert_eq!(failing.status().as_u16(), 502);
     let admin = get(format!("{}/admin/labels/{label}", demo.admin)).await;
     assert_eq!(admin["user"], "anonymous:127.0.0.1");
+    let page = client
+        .get(format!("{}/", demo.public))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        page.status().as_u16(),
+        200,
+        "the demo serves the observer page"
+    );
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .contains("Request MPC action codes")
+    );
 
     assert_eq!(demo.terminate().await, Some(0));
 }

@@ -18,6 +18,7 @@ mod load;
 mod logging;
 mod mpc_replies;
 mod observability;
+mod page;
 mod quota;
 mod reload;
 mod resilience;

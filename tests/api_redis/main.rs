@@ -29,6 +29,8 @@ mod logging;
 mod mpc_replies;
 #[path = "../api/observability.rs"]
 mod observability;
+#[path = "../api/page.rs"]
+mod page;
 #[path = "../api/quota.rs"]
 mod quota;
 #[path = "../api/reload.rs"]

@@ -5,6 +5,7 @@ pub mod batch;
 pub mod health;
 pub mod labels;
 pub mod media_type;
+pub mod page;
 pub mod retrieve;
 
 use std::fmt;
@@ -43,6 +44,12 @@ pub const BATCH_STATUS_ROUTE: &str = "/api/action-codes/batch/status";
 /// The retrieve request for many labels.
 pub const BATCH_RETRIEVE_ROUTE: &str = "/api/action-codes/batch/retrieve";
 
+/// The observer page (`GET`), and its form's answer without JavaScript (`POST`).
+pub const PAGE_ROUTE: &str = "/";
+
+/// The observer page's script and style sheet.
+pub const STATIC_ROUTE: &str = "/static/{file}";
+
 /// Liveness probe (admin listener).
 pub const HEALTHZ_ROUTE: &str = "/healthz";
 
@@ -57,8 +64,10 @@ pub const ADMIN_LABEL_ROUTE: &str = "/admin/labels/{label}";
 
 /// Every route template: the `route` label of the HTTP metrics, and each
 /// resource's name, so a request's template is found without allocating.
-pub const TEMPLATES: [&str; 9] = [
+pub const TEMPLATES: [&str; 11] = [
     RETRIEVE_ROUTE,
+    PAGE_ROUTE,
+    STATIC_ROUTE,
     LABEL_ROUTE,
     BATCH_STATUS_ROUTE,
     BATCH_RETRIEVE_ROUTE,
@@ -93,6 +102,17 @@ pub fn public(cfg: &mut web::ServiceConfig) {
         resource(BATCH_RETRIEVE_ROUTE, BATCH_RETRIEVE_ROUTE)
             .route(web::post().to(batch::retrieve))
             .default_service(web::to(|| method_not_allowed("POST"))),
+    )
+    .service(
+        resource(PAGE_ROUTE, PAGE_ROUTE)
+            .route(web::get().to(page::show))
+            .route(web::post().to(page::submit))
+            .default_service(web::to(|| method_not_allowed("GET, POST"))),
+    )
+    .service(
+        resource(STATIC_ROUTE, STATIC_ROUTE)
+            .route(web::get().to(page::asset))
+            .default_service(web::to(|| method_not_allowed("GET"))),
     )
     .service(
         resource(OPENAPI_ROUTE, OPENAPI_ROUTE)
@@ -142,7 +162,8 @@ fn resource(path: &'static str, template: &'static str) -> actix_web::Resource {
 /// The scope a public route needs, if it needs one.
 pub fn required_scope(template: &str) -> Option<Scope> {
     match template {
-        RETRIEVE_ROUTE | BATCH_RETRIEVE_ROUTE => Some(Scope::Retrieve),
+        // `GET /` needs no identity; its form's `POST` retrieves.
+        RETRIEVE_ROUTE | BATCH_RETRIEVE_ROUTE | PAGE_ROUTE => Some(Scope::Retrieve),
         LABEL_ROUTE | BATCH_STATUS_ROUTE => Some(Scope::Status),
         _ => None,
     }

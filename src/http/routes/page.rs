@@ -1,0 +1,375 @@
+//! The observer page: `GET /` shows it, `POST /` (its form without
+//! JavaScript) requests the labels pasted and shows the page with each
+//! one's result, by the same use case as `batch/retrieve`. Its script and
+//! style sheet are compiled in and served from `/static/`.
+
+use std::sync::LazyLock;
+use std::time::{Duration, SystemTime};
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, web};
+use askama::Template;
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::domain::identity::Identity;
+use crate::domain::label::Label;
+use crate::http::context::Notes;
+use crate::http::problem::Problem;
+use crate::http::routes::retrieve::{read_body, reply};
+use crate::http::routes::{Timestamp, parse_label};
+use crate::http::state::AppState;
+use crate::observe::record::Asker;
+use crate::upstream::MpcClient;
+
+/// The page's script, as served.
+pub const SCRIPT: &str = include_str!("../../../static/page.js");
+/// The page's style sheet, as served.
+pub const STYLE: &str = include_str!("../../../static/page.css");
+
+/// The policy of every HTML answer: only this origin's script and style,
+/// none inline, never framed.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self'; connect-src 'self'; img-src 'self'; form-action 'self'; \
+     base-uri 'none'; frame-ancestors 'none'";
+
+/// The form's media type.
+const FORM: &str = "application/x-www-form-urlencoded";
+
+/// A short digest of the assets, in their URLs, so they can be cached for long.
+static VERSION: LazyLock<String> = LazyLock::new(|| {
+    let digest = Sha256::new()
+        .chain_update(SCRIPT)
+        .chain_update(STYLE)
+        .finalize();
+    hex::encode(&digest[..6])
+});
+
+/// The page, empty or with results.
+#[derive(Template)]
+#[template(path = "page.html")]
+struct Page<'a> {
+    version: &'a str,
+    labels: &'a str,
+    max_labels: usize,
+    summary: String,
+    quota: String,
+    rows: Vec<Row>,
+    access: Option<String>,
+}
+
+/// One label's line in the table.
+struct Row {
+    label: String,
+    words: String,
+    class: &'static str,
+}
+
+/// The form's one field.
+#[derive(Deserialize)]
+struct Form {
+    #[serde(default)]
+    labels: String,
+}
+
+/// `GET /`: the page, loaded without identity.
+pub async fn show(state: web::Data<AppState>) -> HttpResponse {
+    html(StatusCode::OK, &page(&state, "", Vec::new(), None))
+}
+
+/// `GET /static/{file}`: the script or the style sheet.
+pub async fn asset(file: web::Path<String>) -> HttpResponse {
+    let (body, media) = match file.as_str() {
+        "page.js" => (SCRIPT, "text/javascript; charset=utf-8"),
+        "page.css" => (STYLE, "text/css; charset=utf-8"),
+        other => {
+            return actix_web::ResponseError::error_response(&Problem::NotFound(format!(
+                "/static/{other}"
+            )));
+        }
+    };
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, media))
+        .insert_header((header::CACHE_CONTROL, "public, max-age=31536000, immutable"))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .body(body)
+}
+
+/// `POST /`: requests each valid label pasted, as `batch/retrieve` does,
+/// and answers the page with each label's result in words.
+pub async fn submit(
+    identity: Identity,
+    notes: Notes,
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    mpc: web::Data<MpcClient>,
+) -> HttpResponse {
+    let asker = Asker {
+        request_id: notes.request_id(),
+        user: Some(identity.user()),
+    };
+    let form = match read_form(&req, payload, state.max_batch_labels).await {
+        Ok(form) => form,
+        Err(problem) => {
+            crate::http::routes::retrieve::refused_at_edge(&state, &notes, asker, &problem);
+            return refused(&problem);
+        }
+    };
+    let raw = split_labels(&form.labels);
+    if raw.is_empty() {
+        return html(
+            StatusCode::OK,
+            &page(&state, &form.labels, Vec::new(), None).with_summary("Paste at least one label."),
+        );
+    }
+    if raw.len() > state.max_batch_labels {
+        let problem = Problem::BatchTooLarge {
+            max_labels: state.max_batch_labels,
+        };
+        return html(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &page(&state, &form.labels, Vec::new(), None).with_summary(&problem.document().detail),
+        );
+    }
+    let parsed: Vec<Result<Label, Problem>> = raw.iter().map(|raw| parse_label(raw)).collect();
+    for problem in parsed.iter().filter_map(|parsed| parsed.as_ref().err()) {
+        if let Some(outcome) = problem.edge_outcome() {
+            state.retrieval.refused_at_edge(asker, outcome);
+        }
+    }
+    let valid = parsed.iter().filter_map(|parsed| parsed.as_ref().ok());
+    let mut retrieved = state
+        .retrieval
+        .retrieve_all(&identity, notes.request_id(), valid, mpc.into_inner())
+        .await
+        .into_iter();
+    let now = SystemTime::now();
+    let rows: Vec<Row> = raw
+        .iter()
+        .zip(parsed)
+        .map(|(raw, parsed)| {
+            let item = match parsed {
+                Ok(label) => match retrieved.next() {
+                    Some(retrieved) => reply(&label, retrieved),
+                    None => crate::http::routes::Reply::problem(Problem::Internal(
+                        "an item was lost".to_owned(),
+                    )),
+                },
+                Err(problem) => crate::http::routes::Reply::problem(problem),
+            };
+            let (status, body) = item.into_item();
+            let body: Value = serde_json::from_str(body.get()).unwrap_or(Value::Null);
+            let (words, class) = retrieval_words(status, &body, now);
+            Row {
+                label: (*raw).to_owned(),
+                words,
+                class,
+            }
+        })
+        .collect();
+    let sent = rows.iter().filter(|row| row.class == "sent").count();
+    let summary = format!(
+        "{} label{} handled: {sent} sent now, {} not sent now (see each one below).",
+        rows.len(),
+        if rows.len() == 1 { "" } else { "s" },
+        rows.len() - sent
+    );
+    html(
+        StatusCode::OK,
+        &page(&state, &form.labels, rows, None).with_summary(&summary),
+    )
+}
+
+/// The page that answers a refused form (401, 403, 429, 415, 413), saying
+/// how to get access rather than showing a problem document.
+pub fn refused(problem: &Problem) -> HttpResponse {
+    let document = problem.document();
+    let access = match problem {
+        Problem::Unauthenticated(_) => format!(
+            "Nothing was sent: the gateway does not know who you are. Sign in through your \
+             observatory's single sign-on, or ask the gateway's operators for access. ({})",
+            document.detail
+        ),
+        Problem::Forbidden { .. } => format!(
+            "Nothing was sent: your access does not allow requesting action codes. Ask the \
+             gateway's operators for it. ({})",
+            document.detail
+        ),
+        Problem::CrossOrigin => {
+            "Nothing was sent: the form was sent from another site. Open this page from the \
+             gateway's own address and try again."
+                .to_owned()
+        }
+        _ => format!("Nothing was sent. {}", document.detail),
+    };
+    let body = Page {
+        version: &VERSION,
+        labels: "",
+        max_labels: 0,
+        summary: String::new(),
+        quota: String::new(),
+        rows: Vec::new(),
+        access: Some(access),
+    };
+    let mut response = html(actix_web::ResponseError::status_code(problem), &body);
+    if let Some(seconds) = problem.retry_after().map(|after| after.as_secs().max(1))
+        && let Ok(value) = HeaderValue::try_from(seconds.to_string())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+/// The labels pasted: separated by whitespace, commas or semicolons.
+pub fn split_labels(text: &str) -> Vec<&str> {
+    text.split(['\n', '\r', ' ', '\t', ',', ';'])
+        .filter(|part| !part.is_empty())
+        .collect()
+}
+
+/// What a retrieval's item says, in words, and the row's class.
+pub fn retrieval_words(status: u16, body: &Value, now: SystemTime) -> (String, &'static str) {
+    let text = |name: &str| body.get(name).and_then(Value::as_str).unwrap_or("?");
+    if status == 200 {
+        return match text("status") {
+            "sent" => (
+                format!(
+                    "Sent: the MPC will email the action code. A resend is possible after {}.",
+                    text("resend_available_at")
+                ),
+                "sent",
+            ),
+            _ => (
+                format!(
+                    "Already requested at {}; a resend is possible after {}.",
+                    text("requested_at"),
+                    text("resend_available_at")
+                ),
+                "already",
+            ),
+        };
+    }
+    let kind = text("type");
+    let after = body
+        .get("retry_after_seconds")
+        .and_then(Value::as_u64)
+        .map(|seconds| Timestamp::new(now + Duration::from_secs(seconds)));
+    match (kind, after) {
+        ("urn:mpc-gateway:invalid-label", _) => {
+            (format!("Invalid, not sent: {}.", text("reason")), "invalid")
+        }
+        ("urn:mpc-gateway:upstream-rejected", _) => {
+            (format!("Refused by the MPC: {}", text("detail")), "refused")
+        }
+        (_, Some(at)) => (
+            format!("Not sent: {} Try again after {at}.", text("detail")),
+            "refused",
+        ),
+        _ => (format!("Not sent: {}", text("detail")), "refused"),
+    }
+}
+
+/// The empty page.
+fn page<'a>(state: &AppState, labels: &'a str, rows: Vec<Row>, access: Option<String>) -> Page<'a> {
+    Page {
+        version: &VERSION,
+        labels,
+        max_labels: state.max_batch_labels,
+        summary: String::new(),
+        quota: String::new(),
+        rows,
+        access,
+    }
+}
+
+impl Page<'_> {
+    fn with_summary(mut self, summary: &str) -> Self {
+        summary.clone_into(&mut self.summary);
+        self
+    }
+}
+
+/// The form's body: declared as a form (415), within the batch's size (413).
+async fn read_form(
+    req: &HttpRequest,
+    payload: web::Payload,
+    max_labels: usize,
+) -> Result<Form, Problem> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let essence = declared.split(';').next().unwrap_or_default().trim();
+    if !essence.eq_ignore_ascii_case(FORM) {
+        return Err(Problem::UnsupportedMediaType(format!(
+            "The form must be sent as {FORM}"
+        )));
+    }
+    // Percent-encoding may triple each byte of a label.
+    let limit = max_labels.saturating_mul(crate::config::BATCH_BYTES_PER_LABEL * 3);
+    let bytes = read_body(req, payload, limit).await?;
+    serde_urlencoded::from_bytes(&bytes)
+        .map_err(|error| Problem::MalformedRequest(error.to_string()))
+}
+
+/// An HTML answer with the page's security headers.
+fn html(status: StatusCode, page: &Page<'_>) -> HttpResponse {
+    let body = match page.render() {
+        Ok(body) => body,
+        Err(error) => {
+            return actix_web::ResponseError::error_response(&Problem::Internal(error.to_string()));
+        }
+    };
+    HttpResponse::build(status)
+        .insert_header((header::CONTENT_TYPE, "text/html; charset=utf-8"))
+        .insert_header((header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        // Not `no-referrer`: under it a browser sends the form's POST with
+        // `Origin: null`, which the cross-origin check refuses.
+        .insert_header((header::REFERRER_POLICY, "same-origin"))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_split_on_every_separator() {
+        assert_eq!(
+            split_labels("A10cnQO\nA10cnQP\r\n A10cnQQ,A10cnQR;\tA10cnQS;;"),
+            ["A10cnQO", "A10cnQP", "A10cnQQ", "A10cnQR", "A10cnQS"]
+        );
+        assert!(split_labels(" \n,;").is_empty());
+    }
+
+    #[test]
+    fn hostile_labels_are_escaped() {
+        let body = Page {
+            version: "v",
+            labels: "<script>alert(1)</script>",
+            max_labels: 1,
+            summary: String::new(),
+            quota: String::new(),
+            rows: vec![Row {
+                label: "<img src=x>".to_owned(),
+                words: "\"&".to_owned(),
+                class: "invalid",
+            }],
+            access: None,
+        }
+        .render()
+        .unwrap();
+        assert!(!body.contains("<script>alert"), "{body}");
+        assert!(!body.contains("<img src=x>"), "{body}");
+        assert!(
+            body.contains("&#60;script&#62;") || body.contains("&lt;script&gt;"),
+            "{body}"
+        );
+    }
+}
