@@ -292,6 +292,11 @@ async fn a_replica_killed_mid_call_leaves_the_label_uncertain_for_the_others() {
         assert!(problem["detail"].is_string());
     }
     let again = survivors[0].retrieve(LABEL).await;
+    let cache_status = again.headers()["cache-status"].to_str().unwrap();
+    assert!(
+        cache_status.contains("; hit; ttl="),
+        "a call past its deadline is answered at once, as remembered: {cache_status}"
+    );
     let retry_after: u64 = again.headers()["retry-after"]
         .to_str()
         .unwrap()
