@@ -3,6 +3,8 @@
 //! route answers for its label, built by the same code (`labels::known`,
 //! `retrieve::reply`).
 
+use std::sync::Arc;
+
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use futures_util::future::join_all;
@@ -169,8 +171,25 @@ pub async fn retrieve(
             return problem.error_response();
         }
     };
+    let replies = retrieve_each(&state, &identity, asker, &batch.labels, mpc.into_inner()).await;
+    answer(&batch.labels, replies)
+}
+
+/// Retrieves each of `raw` as `POST /api/action-codes/retrieve` would for
+/// the same user, all through [`Retrieval::retrieve_all`]: an invalid label
+/// is recorded as the single route records it and answered with its
+/// problem. One reply per label, in the order given.
+///
+/// [`Retrieval::retrieve_all`]: crate::retrieval::Retrieval::retrieve_all
+pub async fn retrieve_each(
+    state: &AppState,
+    identity: &Identity,
+    asker: Asker<'_>,
+    raw: &[impl AsRef<str>],
+    mpc: Arc<MpcClient>,
+) -> Vec<Reply> {
     let parsed: Vec<Result<Label, Problem>> =
-        batch.labels.iter().map(|raw| parse_label(raw)).collect();
+        raw.iter().map(|raw| parse_label(raw.as_ref())).collect();
     for problem in parsed.iter().filter_map(|parsed| parsed.as_ref().err()) {
         // An invalid label is recorded as the single route records it.
         if let Some(outcome) = problem.edge_outcome() {
@@ -180,10 +199,10 @@ pub async fn retrieve(
     let valid = parsed.iter().filter_map(|parsed| parsed.as_ref().ok());
     let mut retrieved = state
         .retrieval
-        .retrieve_all(&identity, notes.request_id(), valid, mpc.into_inner())
+        .retrieve_all(identity, asker.request_id, valid, mpc)
         .await
         .into_iter();
-    let replies = parsed
+    parsed
         .into_iter()
         .map(|parsed| match parsed {
             Ok(label) => match retrieved.next() {
@@ -192,8 +211,7 @@ pub async fn retrieve(
             },
             Err(problem) => Reply::problem(problem),
         })
-        .collect();
-    answer(&batch.labels, replies)
+        .collect()
 }
 
 /// The body, checked and decoded (415, 413, 400, 422).

@@ -15,11 +15,11 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::domain::identity::Identity;
-use crate::domain::label::Label;
 use crate::http::context::Notes;
 use crate::http::problem::Problem;
-use crate::http::routes::retrieve::{read_body, reply};
-use crate::http::routes::{Timestamp, parse_label};
+use crate::http::routes::Timestamp;
+use crate::http::routes::batch;
+use crate::http::routes::retrieve::read_body;
 use crate::http::state::AppState;
 use crate::observe::record::Asker;
 use crate::upstream::MpcClient;
@@ -134,32 +134,12 @@ pub async fn submit(
             &page(&state, &form.labels, Vec::new(), None).with_summary(&problem.document().detail),
         );
     }
-    let parsed: Vec<Result<Label, Problem>> = raw.iter().map(|raw| parse_label(raw)).collect();
-    for problem in parsed.iter().filter_map(|parsed| parsed.as_ref().err()) {
-        if let Some(outcome) = problem.edge_outcome() {
-            state.retrieval.refused_at_edge(asker, outcome);
-        }
-    }
-    let valid = parsed.iter().filter_map(|parsed| parsed.as_ref().ok());
-    let mut retrieved = state
-        .retrieval
-        .retrieve_all(&identity, notes.request_id(), valid, mpc.into_inner())
-        .await
-        .into_iter();
-    let now = SystemTime::now();
+    let replies = batch::retrieve_each(&state, &identity, asker, &raw, mpc.into_inner()).await;
+    let now = state.dedup.now();
     let rows: Vec<Row> = raw
         .iter()
-        .zip(parsed)
-        .map(|(raw, parsed)| {
-            let item = match parsed {
-                Ok(label) => match retrieved.next() {
-                    Some(retrieved) => reply(&label, retrieved),
-                    None => crate::http::routes::Reply::problem(Problem::Internal(
-                        "an item was lost".to_owned(),
-                    )),
-                },
-                Err(problem) => crate::http::routes::Reply::problem(problem),
-            };
+        .zip(replies)
+        .map(|(raw, item)| {
             let (status, body) = item.into_item();
             let body: Value = serde_json::from_str(body.get()).unwrap_or(Value::Null);
             let (words, class) = retrieval_words(status, &body, now);
