@@ -981,18 +981,11 @@ impl DedupStore for RedisStore {
                 Some("outcome") => parse_outcome(&forgotten[1]).map(Some),
                 Some("lost") => {
                     // The operator checked the mailbox: the label may be sent again.
-                    let fields = [
-                        "0".to_owned(),
-                        "calling".to_owned(),
-                        forgotten[1].clone(),
-                        forgotten[2].clone(),
-                        forgotten[3].clone(),
-                    ];
-                    match parse_claim(&fields)? {
-                        Held::Claim {
-                            calling: Some((since, user, until)),
-                            ..
-                        } => Ok(Some(Self::lost_call(since, user, until))),
+                    let at = |index: usize| forgotten.get(index).and_then(|at| from_millis(at));
+                    match (at(1), forgotten.get(2), at(3)) {
+                        (Some(since), Some(user), Some(until)) => {
+                            Ok(Some(Self::lost_call(since, user.as_str().into(), until)))
+                        }
                         _ => Ok(here),
                     }
                 }
