@@ -199,6 +199,13 @@ impl ChildLogs {
         Self(tokio::sync::mpsc::unbounded_channel().1)
     }
 
+    /// The next line, or `None` once the child's stdout has ended.
+    // Only `tests/faults` drains a child's lines this way.
+    #[allow(dead_code)]
+    pub async fn next(&mut self) -> Option<Value> {
+        self.0.recv().await
+    }
+
     /// The next line that `wanted` picks; panics if none comes within 20 s.
     pub async fn until(&mut self, wanted: impl Fn(&Value) -> bool) -> Value {
         let next = async {
