@@ -375,13 +375,14 @@ impl<'a> Index<'a> {
     }
 
     /// A fault of the store, or of a replica, that came this close to
-    /// `call` that its settle may have been lost, and before `at`, `at`
-    /// being within the grace after it.
-    fn fault_near(&self, call: &Call, at: Secs) -> Option<&'a Fault> {
+    /// `call` that its settle may have been lost, and before `answer` was
+    /// answered, which it was asked within the grace after that fault.
+    fn fault_near(&self, call: &Call, answer: &Answer) -> Option<&'a Fault> {
         self.run.faults.iter().find(|fault| {
             fault.start <= call.ended + DISRUPTION_MARGIN
                 && fault.end >= call.read - DISRUPTION_MARGIN
-                && (fault.start..=fault.end + FAULT_GRACE).contains(&at)
+                && fault.start <= answer.received
+                && answer.sent <= fault.end + FAULT_GRACE
         })
     }
 
@@ -569,7 +570,7 @@ impl<'a> Index<'a> {
                         && call.delivered
                         && call.ended <= answer.received
                         && (call.ended >= answer.sent - JOIN_LAG
-                            || self.fault_near(call, answer.sent).is_some())
+                            || self.fault_near(call, answer).is_some())
                 };
                 if !calls.iter().any(|call| accepted(&call)) {
                     return Some((
@@ -708,9 +709,10 @@ impl<'a> Index<'a> {
         if after_uncertain_call {
             return None;
         }
-        if calls.iter().any(|call| {
-            call.read <= answer.received && self.fault_near(call, answer.sent).is_some()
-        }) {
+        if calls
+            .iter()
+            .any(|call| call.read <= answer.received && self.fault_near(call, answer).is_some())
+        {
             return None;
         }
         // A replica stopped or killed just after it was asked for the label,
@@ -767,7 +769,7 @@ impl<'a> Index<'a> {
             || call.ended + JOIN_LAG > answer.sent
             || answer.received > call.read + ttl - WINDOW_MARGIN
             || self.lost(call, answer.received)
-            || self.fault_near(call, answer.sent).is_some()
+            || self.fault_near(call, answer).is_some()
         {
             return None;
         }
@@ -1163,6 +1165,7 @@ mod tests {
         let settle_lost = Log {
             faults: vec![fault(FaultKind::ClientKill, 1.1, 1.1)],
             answers: vec![
+                answer(ER, 1, 0.9, Reply::Uncertain),
                 answer(ER, 1, 5.0, Reply::Uncertain),
                 answer(ER, 1, 10.0, Reply::Uncertain),
             ],

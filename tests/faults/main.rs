@@ -49,7 +49,8 @@ use crate::injector::{Injector, RedisHost};
 use crate::log::now;
 use crate::replicas::{REPLICAS, Replicas, TIGHT_BURST, TIGHT_PER_HOUR, Timing, users};
 
-/// Violations printed with their time lines (the count covers them all).
+/// Episodes of violations printed with their time lines (the count covers
+/// them all).
 const EXPLAINED: usize = 20;
 
 /// How long a final probe may try before it gives up.
@@ -150,10 +151,11 @@ async fn run(seed: u64, seconds: u64) {
         "gateway warnings and errors: {:?}",
         gateway.counts.iter().collect::<Vec<_>>()
     );
-    for violation in violations.iter().take(EXPLAINED) {
+    let episodes = report::episodes(&violations);
+    for episode in episodes.iter().take(EXPLAINED) {
         println!(
             "\nseed {seed}: {}",
-            report::explain(&run, &gateway.lines, violation)
+            report::explain(&run, &gateway.lines, episode)
         );
     }
     // FAULT_SHOW=LABEL@SECONDS,... prints a label's time line up to then;
@@ -224,8 +226,9 @@ async fn run(seed: u64, seconds: u64) {
     println!("\n{summary}");
     assert!(
         violations.is_empty(),
-        "seed {seed}: {} violations (FAULT_SEED={seed} draws the same traffic and faults \
-         again): {summary}",
-        violations.len()
+        "seed {seed}: {} violations in {} episodes (FAULT_SEED={seed} draws the same traffic \
+         and faults again): {summary}",
+        violations.len(),
+        episodes.len()
     );
 }

@@ -56,7 +56,8 @@ pub fn summary(
     }
     format!(
         "fault test summary: seed {seed}, {seconds} s, requests {} ({}), answers {} (no HTTP \
-         answer {transport}), faults {} ({}), MPC calls {} ({}), violations {} ({})",
+         answer {transport}), faults {} ({}), MPC calls {} ({}), violations {} in {} episodes \
+         ({})",
         requests.iter().sum::<u64>(),
         routes.join(", "),
         run.answers.len(),
@@ -65,6 +66,7 @@ pub fn summary(
         run.calls.len(),
         counts(&calls),
         violations.len(),
+        episodes(violations).len(),
         counts(&kinds),
     )
 }
@@ -77,10 +79,51 @@ fn counts<K: std::fmt::Debug>(counts: &BTreeMap<K, usize>) -> String {
         .join(", ")
 }
 
-/// The violation and the time line of its label.
-pub fn explain(run: &Run, gateway: &[GatewayLine], violation: &Violation) -> String {
+/// Violations of one kind for one label, each within [`BEFORE`] of the
+/// first: one episode, explained once.
+pub struct Episode<'a> {
+    pub first: &'a Violation,
+    pub more: usize,
+    pub last: Secs,
+}
+
+/// The violations, earliest first, grouped into episodes.
+pub fn episodes(violations: &[Violation]) -> Vec<Episode<'_>> {
+    let mut episodes: Vec<Episode> = Vec::new();
+    for violation in violations {
+        let same = episodes.iter_mut().rev().find(|episode| {
+            episode.first.kind == violation.kind
+                && episode.first.label == violation.label
+                && violation.at - episode.first.at <= BEFORE
+        });
+        match same {
+            Some(episode) => {
+                episode.more += 1;
+                episode.last = violation.at;
+            }
+            None => episodes.push(Episode {
+                first: violation,
+                more: 0,
+                last: violation.at,
+            }),
+        }
+    }
+    episodes
+}
+
+/// The episode's first violation and the time line of its label.
+pub fn explain(run: &Run, gateway: &[GatewayLine], episode: &Episode) -> String {
+    let violation = episode.first;
+    let more = if episode.more == 0 {
+        String::new()
+    } else {
+        format!(
+            " (and {} more like it until {:.2} s)",
+            episode.more, episode.last
+        )
+    };
     format!(
-        "{:?} at {:.2} s{}: {}\n{}",
+        "{:?} at {:.2} s{}{more}: {}\n{}",
         violation.kind,
         violation.at,
         violation
