@@ -299,6 +299,23 @@ impl<'a> Index<'a> {
             .any(|(killed, at)| *killed == replica && *at > from && *at <= until)
     }
 
+    /// The latest its gateway may have settled `call`, from which an
+    /// uncertain outcome is held: at its timeout, or once its replica ran
+    /// again after a stop.
+    fn settled_by(&self, call: &Call) -> Secs {
+        let timeout = call.read + self.limits().upstream_timeout;
+        self.run
+            .faults
+            .iter()
+            .filter(|fault| {
+                fault.kind == FaultKind::ReplicaStop(call.replica.unwrap_or(usize::MAX))
+                    && fault.start <= call.ended + DISRUPTION_MARGIN
+                    && fault.end >= call.read - DISRUPTION_MARGIN
+            })
+            .map(|fault| fault.end)
+            .fold(timeout, Secs::max)
+    }
+
     /// Whether `at` is the time of `call`, as the gateway writes it.
     fn time_matches(&self, at: Secs, call: &Call) -> bool {
         let late = if self.disruption(call) == Disruption::None {
@@ -703,7 +720,7 @@ impl<'a> Index<'a> {
         let held = limits.upstream_timeout + limits.uncertain_ttl + WINDOW_MARGIN;
         let after_uncertain_call = calls.iter().any(|call| {
             call.read <= answer.received
-                && answer.sent <= call.read + held
+                && answer.sent <= self.settled_by(call) + limits.uncertain_ttl + WINDOW_MARGIN
                 && (self.ended_uncertain(call) || self.disruption(call) != Disruption::None)
         });
         if after_uncertain_call {
@@ -1208,6 +1225,20 @@ mod tests {
             vec![Kind::UncertainWithoutCause; 2],
             "both past the grace of the settle's fault"
         );
+    }
+
+    #[test]
+    fn a_stopped_replica_holds_an_uncertain_call_from_when_it_ran_again() {
+        let log = Log {
+            calls: vec![call(OK, 0, 1.0, 1.2)],
+            faults: vec![fault(FaultKind::ReplicaStop(0), 1.1, 4.0)],
+            answers: vec![
+                answer(OK, 1, 18.5, Reply::Uncertain),
+                answer(OK, 1, 20.5, Reply::Uncertain),
+            ],
+            ..Log::default()
+        };
+        assert_eq!(log.kinds(), vec![Kind::UncertainWithoutCause]);
     }
 
     #[test]
