@@ -158,65 +158,9 @@ async fn run(seed: u64, seconds: u64) {
             report::explain(&run, &gateway.lines, episode)
         );
     }
-    // FAULT_SHOW=LABEL@SECONDS,... prints a label's time line up to then;
-    // FAULT_SHOW=aimed those of the labels whose answers faults were aimed at.
     let show = std::env::var("FAULT_SHOW").unwrap_or_default();
-    let mut shown: Vec<(String, f64)> = show
-        .split(',')
-        .filter_map(|shown| {
-            let (label, at) = shown.split_once('@')?;
-            Some((
-                label.to_owned(),
-                at.parse().expect("FAULT_SHOW=LABEL@SECONDS"),
-            ))
-        })
-        .collect();
-    if show == "aimed" {
-        for fault in run.faults {
-            if let Some(label) = fault
-                .aimed_at
-                .as_ref()
-                .and_then(|at| at.split(' ').next_back())
-            {
-                shown.push((label.to_owned(), fault.start + 20.0));
-                for line in &gateway.lines {
-                    if (fault.start - 0.05..fault.start + 0.3).contains(&line.at) {
-                        println!("{:8.2}  r{} {}", line.at, line.replica, line.text);
-                    }
-                }
-            }
-        }
-    }
-    for (label, at) in shown {
-        println!(
-            "\n{label} until {at:.2} s:\n{}",
-            report::timeline(&run, &gateway.lines, Some(&label), at)
-        );
-    }
-    // A stall of the clients would hide what the faults did: show the longest.
-    let mut asked: Vec<f64> = answers.iter().map(|answer| answer.sent).collect();
-    asked.sort_by(f64::total_cmp);
-    asked.dedup();
-    let pause = asked
-        .windows(2)
-        .map(|pair| (pair[1] - pair[0], pair[0]))
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .unwrap_or_default();
-    println!(
-        "the clients' longest pause: {:.2} s from {:.2} s",
-        pause.0, pause.1
-    );
-    let resumed: Vec<String> = probes
-        .iter()
-        .map(|probe| match probe.sent_at {
-            Some(at) => format!("r{} {:.2} s", probe.replica, at - probe.from),
-            None => format!("r{} never", probe.replica),
-        })
-        .collect();
-    println!(
-        "a new label sent after the last fault's recovery: {}",
-        resumed.join(", ")
-    );
+    print!("{}", report::shown(&run, &gateway.lines, &show));
+    println!("{}", report::pace(&run));
     // FAULT_DUMP=FILE writes every call, answer and fault, one a line.
     if let Ok(path) = std::env::var("FAULT_DUMP") {
         std::fs::write(&path, report::dump(&run)).expect("FAULT_DUMP is writable");

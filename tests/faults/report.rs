@@ -336,3 +336,73 @@ pub fn dump(run: &Run) -> String {
         .map(|(at, line)| format!("{at:.3}\t{line}\n"))
         .collect()
 }
+
+/// The time lines `show` asks for: `LABEL@SECONDS,...` up to then, or
+/// `aimed` those of the labels that faults were aimed at, with what the
+/// gateways logged as the fault struck.
+pub fn shown(run: &Run, gateway: &[GatewayLine], show: &str) -> String {
+    let mut text = String::new();
+    let mut shown: Vec<(String, Secs)> = show
+        .split(',')
+        .filter_map(|shown| {
+            let (label, at) = shown.split_once('@')?;
+            Some((
+                label.to_owned(),
+                at.parse().expect("FAULT_SHOW=LABEL@SECONDS"),
+            ))
+        })
+        .collect();
+    if show == "aimed" {
+        for fault in run.faults {
+            let Some(label) = fault
+                .aimed_at
+                .as_ref()
+                .and_then(|at| at.split(' ').next_back())
+            else {
+                continue;
+            };
+            shown.push((label.to_owned(), fault.start + 20.0));
+            for line in gateway {
+                if (fault.start - 0.05..fault.start + 0.3).contains(&line.at) {
+                    text.push_str(&format!(
+                        "{:8.2}  r{} {}\n",
+                        line.at, line.replica, line.text
+                    ));
+                }
+            }
+        }
+    }
+    for (label, at) in shown {
+        text.push_str(&format!(
+            "\n{label} until {at:.2} s:\n{}",
+            timeline(run, gateway, Some(&label), at)
+        ));
+    }
+    text
+}
+
+/// The clients' longest pause (a stall would hide what the faults did)
+/// and how soon each replica sent a new label after the last fault.
+pub fn pace(run: &Run) -> String {
+    let mut asked: Vec<Secs> = run.answers.iter().map(|answer| answer.sent).collect();
+    asked.sort_by(Secs::total_cmp);
+    asked.dedup();
+    let (pause, from) = asked
+        .windows(2)
+        .map(|pair| (pair[1] - pair[0], pair[0]))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .unwrap_or_default();
+    let resumed: Vec<String> = run
+        .probes
+        .iter()
+        .map(|probe| match probe.sent_at {
+            Some(at) => format!("r{} {:.2} s", probe.replica, at - probe.from),
+            None => format!("r{} never", probe.replica),
+        })
+        .collect();
+    format!(
+        "the clients' longest pause: {pause:.2} s from {from:.2} s; a new label sent after \
+         the last fault's recovery: {}",
+        resumed.join(", ")
+    )
+}
