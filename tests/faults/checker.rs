@@ -583,7 +583,7 @@ impl<'a> Index<'a> {
                 // A request joins a call until its outcome is stored, later
                 // when a fault lost the first write of it.
                 let accepted = |call: &&&Call| {
-                    call.reply == MpcReply::Accepted
+                    call.reply.accepts()
                         && call.delivered
                         && call.ended <= answer.received
                         && (call.ended >= answer.sent - JOIN_LAG
@@ -631,7 +631,7 @@ impl<'a> Index<'a> {
                 until,
             } => {
                 let matched = calls.iter().any(|call| {
-                    call.reply == MpcReply::Accepted
+                    call.reply.accepts()
                         && call.delivered
                         && call.read <= answer.received
                         && self.time_matches(*requested_at, call)
@@ -1130,6 +1130,20 @@ mod tests {
             ..Log::default()
         };
         assert_eq!(log.kinds(), vec![Kind::SentAfterAlreadyRequested]);
+    }
+
+    #[test]
+    fn a_late_acceptance_read_by_a_replica_that_was_stopped_is_sent() {
+        let log = Log {
+            calls: vec![call(TO, 0, 1.0, 2.5)],
+            faults: vec![fault(FaultKind::ReplicaStop(0), 1.5, 3.0)],
+            answers: vec![
+                answer(TO, 0, 2.6, sent(3.0)),
+                answer(TO, 1, 4.0, already(3.0)),
+            ],
+            ..Log::default()
+        };
+        assert_eq!(log.kinds(), vec![]);
     }
 
     #[test]

@@ -62,6 +62,12 @@ impl MpcReply {
         }
     }
 
+    /// Whether the MPC accepted the request (the email is sent), whether or
+    /// not the gateway waited long enough to read it.
+    pub fn accepts(self) -> bool {
+        matches!(self, Self::Accepted | Self::Late)
+    }
+
     /// A short name for summaries and time lines.
     pub fn name(self) -> &'static str {
         match self {
