@@ -383,8 +383,14 @@ impl Reply {
         }
     }
 
-    /// What one row of the page (`class`, and its `words`) says.
+    /// What one row of the page (`class`, and its `words`, as HTML) says.
     pub fn of_page_row(class: &str, words: &str, origin: SystemTime) -> Self {
+        // Times are in words, or in `<time datetime="...">` elements.
+        let times: Vec<Secs> = words
+            .split("datetime=\"")
+            .skip(1)
+            .filter_map(|rest| timestamp(rest.split('"').next()?, origin))
+            .collect();
         let between = |from: &str, to: &str| {
             let start = words.find(from)? + from.len();
             let end = start + words[start..].find(to)?;
@@ -393,12 +399,22 @@ impl Reply {
         match class {
             "sent" => Self::Sent {
                 requested_at: None,
-                until: between("possible after ", "."),
+                until: times
+                    .first()
+                    .copied()
+                    .or_else(|| between("possible after ", ".")),
             },
-            "already" => match between("Already requested at ", ";") {
+            "already" => match times
+                .first()
+                .copied()
+                .or_else(|| between("Already requested at ", ";"))
+            {
                 Some(requested_at) => Self::AlreadyRequested {
                     requested_at,
-                    until: between("possible after ", "."),
+                    until: times
+                        .get(1)
+                        .copied()
+                        .or_else(|| between("possible after ", ".")),
                 },
                 None => Self::Unexpected(format!("page row {class}: {words}")),
             },
@@ -447,4 +463,129 @@ impl Reply {
 /// How long `from` to `to` is, in seconds, for sleeps.
 pub fn seconds(secs: Secs) -> Duration {
     Duration::from_secs_f64(secs.max(0.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const LABEL: &str = "OK000001";
+
+    fn origin() -> SystemTime {
+        humantime::parse_rfc3339("2026-01-01T00:00:00Z").unwrap()
+    }
+
+    fn problem(status: u16, kind: &str, title: &str) -> Value {
+        json!({"type": kind, "status": status, "title": title, "detail": "d"})
+    }
+
+    #[test]
+    fn a_502_is_uncertain_only_for_a_lost_connection_with_retry_after() {
+        let error = "urn:mpc-gateway:upstream-error";
+        let lost = problem(502, error, CONNECTION_LOST_TITLE);
+        let failed = problem(502, error, "The MPC could not be used");
+        let single = |body: &Value, retry_after| {
+            Reply::of_item(
+                Route::Retrieve,
+                LABEL,
+                502,
+                retry_after,
+                true,
+                body,
+                origin(),
+            )
+        };
+        let item = |body: &Value| {
+            Reply::of_item(
+                Route::BatchRetrieve,
+                LABEL,
+                502,
+                None,
+                false,
+                body,
+                origin(),
+            )
+        };
+        assert_eq!(single(&lost, Some("15")), Reply::Uncertain);
+        assert_eq!(single(&failed, None), Reply::UpstreamError);
+        assert!(matches!(single(&lost, None), Reply::Unexpected(_)));
+        assert!(matches!(single(&failed, Some("15")), Reply::Unexpected(_)));
+        assert_eq!(item(&lost), Reply::Uncertain);
+        assert_eq!(item(&failed), Reply::UpstreamError);
+    }
+
+    #[test]
+    fn a_whole_refusal_without_retry_after_is_not_a_spec_answer() {
+        let timeout = problem(504, "urn:mpc-gateway:upstream-timeout", "t");
+        let single = Reply::of_item(Route::Retrieve, LABEL, 504, None, true, &timeout, origin());
+        assert!(matches!(single, Reply::Unexpected(_)));
+        let item = Reply::of_item(
+            Route::BatchRetrieve,
+            LABEL,
+            504,
+            None,
+            false,
+            &timeout,
+            origin(),
+        );
+        assert_eq!(item, Reply::Uncertain);
+    }
+
+    #[test]
+    fn a_status_route_answers_only_status_or_store_unavailable() {
+        let status = |body: &Value| {
+            Reply::of_item(Route::LabelStatus, LABEL, 200, None, true, body, origin())
+        };
+        let nothing = json!({"label": LABEL, "valid": true, "last_requested_at": null,
+            "resend_available_at": null});
+        assert_eq!(
+            status(&nothing),
+            Reply::Status {
+                last_requested_at: None,
+                until: None
+            }
+        );
+        let half = json!({"label": LABEL, "valid": true,
+            "last_requested_at": "2026-01-01T00:00:10Z", "resend_available_at": null});
+        assert!(matches!(status(&half), Reply::Unexpected(_)));
+        let timeout = problem(504, "urn:mpc-gateway:upstream-timeout", "t");
+        let on_status = Reply::of_item(
+            Route::LabelStatus,
+            LABEL,
+            504,
+            Some("1"),
+            true,
+            &timeout,
+            origin(),
+        );
+        assert!(matches!(on_status, Reply::Unexpected(_)));
+    }
+
+    #[test]
+    fn page_rows_are_read_with_times_in_words_or_in_time_elements() {
+        let words = "Already requested at 2026-01-01T00:00:10Z; a resend is possible after \
+                     2026-01-01T00:00:50Z.";
+        let elements = "Already requested at <time datetime=\"2026-01-01T00:00:10Z\">00:00:10 \
+                        UTC</time>; a resend is possible after <time \
+                        datetime=\"2026-01-01T00:00:50Z\">00:00:50 UTC</time>.";
+        for words in [words, elements] {
+            assert_eq!(
+                Reply::of_page_row("already", words, origin()),
+                Reply::AlreadyRequested {
+                    requested_at: 10.0,
+                    until: Some(50.0)
+                },
+                "{words}"
+            );
+        }
+        assert_eq!(
+            Reply::of_page_row(
+                "refused",
+                "The MPC did not answer in time, so it may still email the action code",
+                origin()
+            ),
+            Reply::Uncertain
+        );
+    }
 }
