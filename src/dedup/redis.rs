@@ -1469,6 +1469,85 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_outcome_settled_at_another_replica_is_answered_here() {
+        let redis = for_tests();
+        let (here, _) = quiet_replica(&redis).await;
+        let (there, clock) = quiet_replica(&redis).await;
+        let x = label("A10cnQO");
+        let sent = send(&there, &clock, &x).await;
+        match here.claim(&x, HOLD).await.unwrap() {
+            Claim::Remembered(remembered) => assert_eq!(remembered, sent),
+            _ => panic!("the outcome is in Redis"),
+        }
+        assert_eq!(here.get(&x).await.unwrap(), Some(sent));
+    }
+
+    #[tokio::test]
+    async fn a_claim_ended_elsewhere_has_the_copy_here_checked_again() {
+        let redis = for_tests();
+        let (holder, holder_clock) = quiet_replica(&redis).await;
+        let clock = Arc::new(FakeClock::default());
+        // This one follows the events channel.
+        let here = RedisStore::start(
+            Arc::clone(&redis),
+            clock.clone(),
+            100,
+            Duration::from_secs(3600),
+            DEADLINE,
+        );
+        // Subscribed before anything is held here (a subscription checks
+        // again all that is held).
+        loop {
+            let command = ::redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&here.channel)
+                .to_owned();
+            let (_, subscribers): (String, u64) = redis.query("watch", &command).await.unwrap();
+            if subscribers == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let x = label("A10cnQO");
+        let claim = lead(&holder, &x).await;
+        holder.begin_call(&claim, "alice").await.unwrap();
+        clock.advance(DEADLINE + Duration::from_secs(1));
+        let Claim::Remembered(lost) = here.claim(&x, HOLD).await.unwrap() else {
+            panic!("past its deadline, the call is answered as lost")
+        };
+        // The holder was only slow: its outcome ends the claim, and its
+        // message has the copy here checked again before its time is up.
+        let now = holder_clock.system_time();
+        let sent = Remembered::new(
+            Outcome::Sent {
+                upstream: MpcAnswer {
+                    status: 200,
+                    body: None,
+                },
+            },
+            now,
+            now + Duration::from_secs(3600),
+            "alice".into(),
+        );
+        holder.settle(claim, Ok(sent.clone())).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let Claim::Remembered(answered) = here.claim(&x, HOLD).await.unwrap() else {
+                panic!("remembered either way")
+            };
+            if answered == sent {
+                break;
+            }
+            assert_eq!(answered, lost);
+            assert!(
+                Instant::now() < deadline,
+                "the copy was never checked again"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
     async fn a_status_read_after_lost_data_keeps_what_is_held_here_and_writes_it_back() {
         let server = RedisServer::start();
         let redis = for_tests_on(&server, Duration::from_secs(2));
@@ -1501,7 +1580,12 @@ mod tests {
         // Forgotten at the other replica; its messages are not followed here.
         assert!(there.forget(&x).await.unwrap().is_some());
         assert!(there.forget(&y).await.unwrap().is_some());
-        clock.advance(REVALIDATE);
+        clock.advance(REVALIDATE - Duration::from_millis(1));
+        assert!(
+            here.get(&x).await.unwrap().is_some(),
+            "a copy is answered without asking Redis for a while"
+        );
+        clock.advance(Duration::from_millis(1));
         assert_eq!(here.get(&x).await.unwrap(), None);
         assert_eq!(here.snapshot().len(), 1, "only the label not read yet");
         lead(&here, &y).await;
@@ -1531,6 +1615,11 @@ mod tests {
             .await
             .unwrap();
         clock.advance(REVALIDATE);
+        assert_eq!(
+            store.get(&x).await.unwrap().as_ref(),
+            Some(&sent),
+            "nothing under an epoch this replica does not know is no forget"
+        );
         match store.claim(&x, HOLD).await.unwrap() {
             Claim::Remembered(remembered) => assert_eq!(remembered, sent),
             Claim::Lead(_) => panic!("led with a copy from before the loss: a second email"),
@@ -1547,20 +1636,32 @@ mod tests {
     #[tokio::test]
     async fn a_failure_whose_settle_was_lost_frees_the_label_once_redis_answers() {
         let server = RedisServer::start();
-        let redis = for_tests_on(&server, Duration::from_secs(2));
+        let redis = for_tests_on(&server, Duration::from_millis(200));
         let (here, _) = quiet_replica(&redis).await;
         let (there, _) = quiet_replica(&redis).await;
         let x = label("A10cnQO");
         let claim = lead(&here, &x).await;
         here.begin_call(&claim, "alice").await.unwrap();
-        // The connection dies before the settle: its command is lost.
+        // The connection dies before the settle, whose command is lost,
+        // and Redis then answers nothing for a second.
         assert_ne!(server.cli(&["CLIENT", "KILL", "TYPE", "normal"]), "0");
+        let socket = server.socket();
+        let sleeping = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("redis-cli")
+                .arg("-s")
+                .arg(socket)
+                .args(["DEBUG", "SLEEP", "1"])
+                .output()
+                .unwrap()
+        });
+        while server.answers_within(Duration::from_millis(50)) {}
         let failure = UpstreamFailure::ServerError(MpcAnswer {
             status: 500,
             body: None,
         });
         assert!(here.settle(claim, Err(failure)).await.is_err());
-        until_state(&there, &x, None, Duration::from_secs(2)).await;
+        sleeping.await.unwrap();
+        until_state(&there, &x, None, Duration::from_secs(3)).await;
         lead(&there, &x).await;
     }
 
