@@ -1386,13 +1386,21 @@ mod tests {
     /// test decides when it checks the marker (and has it learn the
     /// marker's epoch first) and when it hears of other replicas.
     async fn quiet_replica(redis: &Arc<Redis>) -> (Arc<RedisStore>, Arc<FakeClock>) {
+        quiet_replica_with(redis, DEADLINE).await
+    }
+
+    /// [`quiet_replica`], whose calls lose their holder after `deadline`.
+    async fn quiet_replica_with(
+        redis: &Arc<Redis>,
+        deadline: Duration,
+    ) -> (Arc<RedisStore>, Arc<FakeClock>) {
         let clock = Arc::new(FakeClock::default());
         let store = RedisStore::new(
             Arc::clone(redis),
             clock.clone(),
             100,
             Duration::from_secs(3600),
-            DEADLINE,
+            deadline,
         );
         store.check().await;
         assert!(store.epoch.lock().unwrap().is_some(), "the marker is known");
@@ -1637,7 +1645,9 @@ mod tests {
     async fn a_failure_whose_settle_was_lost_frees_the_label_once_redis_answers() {
         let server = RedisServer::start();
         let redis = for_tests_on(&server, Duration::from_millis(200));
-        let (here, _) = quiet_replica(&redis).await;
+        // Retried for as long as the claim may hold the label (HOLD), not
+        // only until its call's deadline.
+        let (here, _) = quiet_replica_with(&redis, Duration::from_millis(100)).await;
         let (there, _) = quiet_replica(&redis).await;
         let x = label("A10cnQO");
         let claim = lead(&here, &x).await;
@@ -1711,6 +1721,86 @@ mod tests {
             Some("outcome"),
             "held as uncertain again"
         );
+    }
+
+    fn sent_now() -> Remembered {
+        let now = SystemTime::now();
+        Remembered::new(
+            Outcome::Sent {
+                upstream: MpcAnswer {
+                    status: 200,
+                    body: None,
+                },
+            },
+            now,
+            now + Duration::from_secs(3600),
+            "alice".into(),
+        )
+    }
+
+    /// A waiter at `watcher` on `holder`'s call, which is seen calling
+    /// (`calling_first`) or only claimed when the wait begins, lives
+    /// through lost data: it gets the holder's outcome.
+    async fn a_waiter_on_a_call_seen_under_way_lives_through_lost_data(calling_first: bool) {
+        let server = RedisServer::start();
+        let redis = for_tests_on(&server, Duration::from_secs(2));
+        let (holder, _) = quiet_replica(&redis).await;
+        let (watcher, _) = quiet_replica(&redis).await;
+        let x = label("A10cnQO");
+        let claim = lead(&holder, &x).await;
+        if calling_first {
+            holder.begin_call(&claim, "alice").await.unwrap();
+        }
+        let Claim::Wait(waiter) = watcher.claim(&x, HOLD).await.unwrap() else {
+            panic!("a call is under way")
+        };
+        if !calling_first {
+            holder.begin_call(&claim, "alice").await.unwrap();
+            // The waiter's poll sees it calling.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !watcher.saw_calling(&x, claim.token()) {
+                assert!(Instant::now() < deadline, "the poll never saw the call");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        flush(&server);
+        tokio::time::timeout(Duration::from_secs(2), watcher.recheck.notified())
+            .await
+            .expect("the waiter's poll saw the loss and woke the marker job");
+        holder.check().await;
+        let sent = sent_now();
+        holder.settle(claim, Ok(sent.clone())).await.unwrap();
+        assert_eq!(waiter.settled().await, Some(Ok(sent)));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_on_a_call_seen_calling_lives_through_lost_data() {
+        a_waiter_on_a_call_seen_under_way_lives_through_lost_data(true).await;
+    }
+
+    #[tokio::test]
+    async fn a_waiter_on_a_claim_seen_calling_later_lives_through_lost_data() {
+        a_waiter_on_a_call_seen_under_way_lives_through_lost_data(false).await;
+    }
+
+    #[tokio::test]
+    async fn a_waiter_on_a_claim_never_seen_calling_claims_again_after_lost_data() {
+        let server = RedisServer::start();
+        let redis = for_tests_on(&server, Duration::from_secs(2));
+        let (holder, _) = quiet_replica(&redis).await;
+        let (watcher, _) = quiet_replica(&redis).await;
+        let x = label("A10cnQO");
+        let claim = lead(&holder, &x).await;
+        let Claim::Wait(waiter) = watcher.claim(&x, HOLD).await.unwrap() else {
+            panic!("a claim is held")
+        };
+        flush(&server);
+        // Its call cannot begin after the loss: no waiting for it.
+        let settled = tokio::time::timeout(Duration::from_secs(1), waiter.settled())
+            .await
+            .expect("told at once to claim again");
+        assert_eq!(settled, None);
+        assert!(holder.begin_call(&claim, "alice").await.is_err());
     }
 
     #[tokio::test]
