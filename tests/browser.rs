@@ -5,9 +5,9 @@
 //!
 //! `UPDATE_SCREENSHOT=1` writes the screenshot over `docs/observer-page.png`.
 //!
-//! Needs `chromium` and `chromedriver` on the PATH and `npm` (or
-//! `AXE_CORE_JS` naming `axe.min.js`); without them it says so and passes,
-//! except under `CI`, where it fails.
+//! Needs `chromium` and `chromedriver` on the PATH and axe-core (`AXE_CORE_JS`
+//! naming `axe.min.js`, or where `scripts/test` installs it); without them it
+//! says so and passes, except under `CI`, where it fails.
 
 /// Whether the gateways of this test binary keep their state in Redis.
 pub const ON_REDIS: bool = false;
@@ -43,8 +43,8 @@ fn missing(what: &str) -> bool {
         panic!("{what} is missing, and CI must run the browser tests");
     }
     eprintln!(
-        "SKIPPED: the browser tests need {what} (Debian: apt-get install chromium \
-         chromium-driver; npm for axe-core); set CI to make this a failure"
+        "SKIPPED: the browser tests need {what} (scripts/test installs them); \
+         set CI to make this a failure"
     );
     true
 }
@@ -160,33 +160,18 @@ async fn gateway(calls: u64) -> TestApp {
     app
 }
 
-/// `axe.min.js`: from `AXE_CORE_JS`, else installed once with npm.
+/// `axe.min.js`: from `AXE_CORE_JS`, else where `scripts/test` installs it.
 fn axe_core() -> Option<String> {
-    if let Some(path) = std::env::var_os("AXE_CORE_JS") {
-        return Some(std::fs::read_to_string(path).expect("AXE_CORE_JS is readable"));
-    }
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("axe-core");
-    let script = dir.join("node_modules/axe-core/axe.min.js");
-    if !script.is_file() {
-        let npm = program("npm")?;
-        std::fs::create_dir_all(&dir).unwrap();
-        let status = Command::new(npm)
-            .args([
-                "install",
-                "--no-save",
-                "--no-audit",
-                "--no-fund",
-                "--prefix",
-            ])
-            .arg(&dir)
-            .arg("axe-core@4.14.1")
-            .status()
-            .ok()?;
-        if !status.success() {
-            return None;
+    let path = match std::env::var_os("AXE_CORE_JS") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))?;
+            cache.join("mpc-action-gateway/axe-core-4.14.1/node_modules/axe-core/axe.min.js")
         }
-    }
-    std::fs::read_to_string(script).ok()
+    };
+    std::fs::read_to_string(path).ok()
 }
 
 const LABELS: &str = "A10cnQO\nBAD-LABEL!\nA10cnQP";
@@ -201,7 +186,7 @@ async fn the_observer_page_in_chromium() {
         return;
     };
     let Some(axe) = axe_core() else {
-        missing("axe-core (npm install axe-core, or AXE_CORE_JS)");
+        missing("axe-core (AXE_CORE_JS names axe.min.js)");
         return;
     };
     // Both rustls providers are in the tree (redis, fantoccini): pick one.
