@@ -134,7 +134,14 @@
     if (isNaN(date.getTime())) { return; }
     var local = date.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
     var far = howFar(date);
-    element.textContent = far ? local + " (" + far + ")" : local;
+    element.textContent = local;
+    if (far) {
+      var span = document.createElement("span");
+      span.className = "far";
+      span.textContent = "(" + far + ")";
+      element.appendChild(document.createTextNode(" "));
+      element.appendChild(span);
+    }
     element.title = date.toISOString().replace(/\.\d+Z$/, "Z").replace("T", " ").replace("Z", " UTC");
   }
 
