@@ -491,6 +491,21 @@ mod tests {
     }
 
     #[test]
+    fn a_refusal_by_the_mpc_says_who_refused() {
+        let words = retrieval_words(
+            404,
+            &serde_json::json!({"type": "urn:mpc-gateway:upstream-rejected",
+                                "detail": "The MPC answered 404 for this label."}),
+            SystemTime::UNIX_EPOCH,
+        );
+        assert_eq!(
+            plain(&words),
+            "Refused by the MPC: The MPC answered 404 for this label."
+        );
+        assert_eq!(words.class, "refused");
+    }
+
+    #[test]
     fn moments_without_javascript_read_in_utc() {
         let at = Timestamp::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_665_600));
         assert_eq!(Part::utc(&at), "2026-11-26 04:00:00 UTC");
