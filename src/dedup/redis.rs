@@ -1672,6 +1672,7 @@ mod tests {
         assert!(here.settle(claim, Err(failure)).await.is_err());
         sleeping.await.unwrap();
         until_state(&there, &x, None, Duration::from_secs(3)).await;
+        assert!(here.ending.is_empty(), "nothing left to end");
         lead(&there, &x).await;
     }
 
@@ -1695,6 +1696,7 @@ mod tests {
         );
         store.release(claim);
         until_state(&store, &x, None, Duration::from_secs(3)).await;
+        assert!(store.ending.is_empty(), "nothing left to end");
         lead(&store, &x).await;
     }
 
@@ -1781,6 +1783,55 @@ mod tests {
     #[tokio::test]
     async fn a_waiter_on_a_claim_seen_calling_later_lives_through_lost_data() {
         a_waiter_on_a_call_seen_under_way_lives_through_lost_data(false).await;
+    }
+
+    #[tokio::test]
+    async fn a_waiter_elsewhere_gets_the_failure_of_a_call_that_sent_nothing() {
+        let redis = for_tests();
+        let (holder, _) = quiet_replica(&redis).await;
+        let (watcher, _) = quiet_replica(&redis).await;
+        let x = label("A10cnQO");
+        let claim = lead(&holder, &x).await;
+        holder.begin_call(&claim, "alice").await.unwrap();
+        let Claim::Wait(waiter) = watcher.claim(&x, HOLD).await.unwrap() else {
+            panic!("a call is under way")
+        };
+        let failure = UpstreamFailure::ServerError(MpcAnswer {
+            status: 503,
+            body: None,
+        });
+        holder.settle(claim, Err(failure.clone())).await.unwrap();
+        assert_eq!(waiter.settled().await, Some(Err(failure)));
+        lead(&watcher, &x).await;
+    }
+
+    #[tokio::test]
+    async fn a_waiter_elsewhere_rides_out_a_redis_that_is_silent_for_a_moment() {
+        let server = RedisServer::start();
+        let redis = for_tests_on(&server, Duration::from_millis(200));
+        let (holder, _) = quiet_replica(&redis).await;
+        let (watcher, _) = quiet_replica(&redis).await;
+        let x = label("A10cnQO");
+        let claim = lead(&holder, &x).await;
+        holder.begin_call(&claim, "alice").await.unwrap();
+        let Claim::Wait(waiter) = watcher.claim(&x, HOLD).await.unwrap() else {
+            panic!("a call is under way")
+        };
+        let socket = server.socket();
+        // The waiter's polls fail for a second, longer than store.timeout.
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("redis-cli")
+                .arg("-s")
+                .arg(socket)
+                .args(["DEBUG", "SLEEP", "1"])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let sent = sent_now();
+        holder.settle(claim, Ok(sent.clone())).await.unwrap();
+        assert_eq!(waiter.settled().await, Some(Ok(sent)));
     }
 
     #[tokio::test]
