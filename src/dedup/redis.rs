@@ -1835,6 +1835,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_waiter_elsewhere_is_answered_when_the_call_passes_its_deadline() {
+        let redis = for_tests();
+        let (holder, _) = quiet_replica(&redis).await;
+        let (watcher, clock) = quiet_replica(&redis).await;
+        let x = label("A10cnQO");
+        let claim = lead(&holder, &x).await;
+        holder.begin_call(&claim, "alice").await.unwrap();
+        let Claim::Wait(waiter) = watcher.claim(&x, HOLD).await.unwrap() else {
+            panic!("a call is under way")
+        };
+        // Its holder died: past the deadline the waiter is answered.
+        clock.advance(DEADLINE + Duration::from_secs(1));
+        let settled = tokio::time::timeout(Duration::from_secs(1), waiter.settled())
+            .await
+            .expect("answered at the next poll");
+        let lost = settled.unwrap().unwrap();
+        assert!(lost.outcome().may_have_emailed());
+        assert_eq!(watcher.snapshot().len(), 1, "and kept");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_elsewhere_stops_waiting_after_twice_the_deadline() {
+        let redis = for_tests();
+        let (holder, _) = quiet_replica(&redis).await;
+        // Its clock never reaches the call's deadline, its real time does.
+        let (watcher, _) = quiet_replica_with(&redis, Duration::from_millis(100)).await;
+        let x = label("A10cnQO");
+        let claim = lead(&holder, &x).await;
+        holder.begin_call(&claim, "alice").await.unwrap();
+        let Claim::Wait(waiter) = watcher.claim(&x, HOLD).await.unwrap() else {
+            panic!("a call is under way")
+        };
+        let settled = tokio::time::timeout(Duration::from_secs(2), waiter.settled())
+            .await
+            .expect("a waiter never waits for ever");
+        assert_eq!(settled, None, "told to claim again");
+    }
+
+    #[tokio::test]
     async fn a_waiter_on_a_claim_never_seen_calling_claims_again_after_lost_data() {
         let server = RedisServer::start();
         let redis = for_tests_on(&server, Duration::from_secs(2));
