@@ -1894,6 +1894,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_call_under_way_here_is_written_back_after_lost_data() {
+        let server = RedisServer::start();
+        let redis = for_tests_on(&server, Duration::from_secs(2));
+        let (holder, _) = quiet_replica(&redis).await;
+        let x = label("A10cnQO");
+        let claim = lead(&holder, &x).await;
+        holder.begin_call(&claim, "alice").await.unwrap();
+        flush(&server);
+        holder.check().await;
+        assert_eq!(
+            state_in_redis(&holder, &x).await.as_deref(),
+            Some("calling")
+        );
+        let (other, _) = quiet_replica(&redis).await;
+        let Claim::Wait(_) = other.claim(&x, HOLD).await.unwrap() else {
+            panic!("held again by its call")
+        };
+    }
+
+    #[tokio::test]
+    async fn an_outcome_whose_settle_failed_is_written_when_redis_answers_again() {
+        let server = RedisServer::start();
+        let redis = for_tests_on(&server, Duration::from_secs(2));
+        let (holder, _) = quiet_replica(&redis).await;
+        let x = label("A10cnQO");
+        let claim = lead(&holder, &x).await;
+        holder.begin_call(&claim, "alice").await.unwrap();
+        assert_ne!(server.cli(&["CLIENT", "KILL", "TYPE", "normal"]), "0");
+        let sent = sent_now();
+        assert!(holder.settle(claim, Ok(sent.clone())).await.is_err());
+        until_state(&holder, &x, Some("calling"), Duration::from_secs(1)).await;
+        holder.check().await;
+        assert_eq!(
+            state_in_redis(&holder, &x).await.as_deref(),
+            Some("outcome")
+        );
+        let (other, _) = quiet_replica(&redis).await;
+        match other.claim(&x, HOLD).await.unwrap() {
+            Claim::Remembered(remembered) => assert_eq!(remembered, sent),
+            _ => panic!("the outcome is in Redis"),
+        }
+    }
+
+    #[tokio::test]
     async fn a_call_seen_under_way_elsewhere_is_written_back_after_lost_data() {
         let server = RedisServer::start();
         let redis = for_tests_on(&server, Duration::from_secs(2));
