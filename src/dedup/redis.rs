@@ -38,10 +38,10 @@ use super::persist::Entry as Stored;
 use super::store::{Claim, ClaimId, DedupStore, Settled, Waiter};
 use crate::clock::{Clock, since_epoch};
 use crate::domain::label::Label;
+use crate::domain::mpc_reply::UpstreamFailure;
 use crate::domain::outcome::{MpcAnswer, Outcome, Remembered, Uncertainty};
 use crate::store::redis::{Redis, script};
 use crate::store::{StoreError, StoreFuture};
-use crate::upstream::UpstreamFailure;
 
 /// Longest a remembered outcome is answered from memory without asking Redis.
 pub const REVALIDATE: Duration = Duration::from_millis(500);

@@ -413,8 +413,8 @@ fn decide(answer: &Result<Answered, Refused>) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::mpc_reply::UpstreamFailure;
     use crate::domain::outcome::{MpcAnswer, Remembered};
-    use crate::upstream::UpstreamFailure;
 
     fn answered(outcome: Outcome, via: Via) -> Result<Answered, Refused> {
         let now = SystemTime::now();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::clock::Clock;
 
-use super::{Reply, UpstreamFailure};
+use crate::domain::mpc_reply::{Reply, UpstreamFailure};
 
 /// What the breaker lets through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,7 +170,7 @@ impl Drop for Permit {
 mod tests {
     use super::*;
     use crate::clock::FakeClock;
-    use crate::upstream::MpcAnswer;
+    use crate::domain::outcome::MpcAnswer;
 
     fn answer(status: u16) -> MpcAnswer {
         MpcAnswer { status, body: None }
