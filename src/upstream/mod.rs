@@ -22,7 +22,7 @@ use rand::Rng;
 
 use crate::config::UpstreamSettings;
 use crate::domain::label::Label;
-use crate::domain::mpc_reply::{Reply, UpstreamFailure, classify_status, read};
+use crate::domain::mpc_reply::{Reply, RetryAfter, UpstreamFailure, classify, read};
 use crate::domain::outcome::MpcAnswer;
 use crate::observe::metrics::Metrics;
 
@@ -147,6 +147,11 @@ impl MpcClient {
             Ok(Ok(response)) => response,
         };
         let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(RetryAfter::parse);
         let body = match tokio::time::timeout_at(deadline, response.body().limit(MAX_ANSWER_BYTES))
             .await
         {
@@ -162,7 +167,7 @@ impl MpcClient {
                 None
             }
         };
-        classify_status(MpcAnswer { status, body })
+        classify(MpcAnswer { status, body }, retry_after)
     }
 }
 
