@@ -60,6 +60,11 @@
     if (body.type === "urn:mpc-gateway:upstream-rejected") {
       return ["Refused by the MPC: " + body.detail, "refused"];
     }
+    if (body.type === "urn:mpc-gateway:upstream-throttled") {
+      return ["Not sent: the MPC asked the gateway to wait until " + body.paused_until + " (UTC; " +
+        new Date(body.paused_until).toLocaleString() + " your time) before sending it anything, " +
+        "so nothing was sent; this says nothing about the label. Try again after that time.", "refused"];
+    }
     if (typeof body.retry_after_seconds === "number") {
       return ["Not sent: " + body.detail + " Try again after " + after(body.retry_after_seconds) + ".", "refused"];
     }

@@ -244,6 +244,15 @@ pub fn retrieval_words(status: u16, body: &Value, now: SystemTime) -> (String, &
         ("urn:mpc-gateway:upstream-rejected", _) => {
             (format!("Refused by the MPC: {}", text("detail")), "refused")
         }
+        ("urn:mpc-gateway:upstream-throttled", _) => (
+            format!(
+                "Not sent: the MPC asked the gateway to wait until {} (UTC) before sending it \
+                 anything, so nothing was sent; this says nothing about the label. Try again \
+                 after that time.",
+                text("paused_until")
+            ),
+            "refused",
+        ),
         (_, Some(at)) => (
             format!("Not sent: {} Try again after {at}.", text("detail")),
             "refused",
