@@ -524,6 +524,15 @@ mod tests {
         );
     }
 
+    /// Any status, the few that decide most often.
+    fn status() -> impl Strategy<Value = u16> {
+        prop_oneof![
+            prop::sample::select(vec![200, 404, 408, 429, 500, 503]),
+            100_u16..600,
+            any::<u16>(),
+        ]
+    }
+
     /// A `Retry-After` value of any shape: either form, near misses, or anything.
     fn retry_after_text() -> impl Strategy<Value = String> {
         prop_oneof![
@@ -543,7 +552,7 @@ mod tests {
         /// with a readable `Retry-After`) is never remembered for the label.
         #[test]
         fn no_answer_panics_and_no_throttled_answer_is_remembered(
-            status in any::<u16>(),
+            status in status(),
             header in proptest::option::of(retry_after_text()),
             body in proptest::collection::vec(any::<u8>(), 0..64),
             now in any::<u64>(),
@@ -554,6 +563,7 @@ mod tests {
             let result = classify(MpcAnswer { status, body }, retry_after);
             let reading = read(&result);
             prop_assert_eq!(reading.result == CallResult::Throttled, throttled);
+            prop_assert_eq!(status == 408, matches!(result, Err(UpstreamFailure::NotRead(_))));
             prop_assert_eq!(reading.health == Health::Throttled, throttled);
             if throttled {
                 prop_assert!(reading.outcome.is_none(), "a throttled answer is not remembered");
