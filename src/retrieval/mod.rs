@@ -305,7 +305,11 @@ impl Retrieval {
             });
         };
         let user = identity.shared_user();
-        let pause = Arc::clone(&self.pause);
+        let (pause, quotas, payer) = (
+            Arc::clone(&self.pause),
+            Arc::clone(&self.quotas),
+            identity.clone(),
+        );
         // Its own task: a caller that disconnects cannot cancel the call
         // halfway and let a waiter send a second email.
         let call = actix_web::rt::spawn(
@@ -323,21 +327,21 @@ impl Retrieval {
                     }
                     result => result,
                 };
-                Ok::<_, StoreError>(lease.settle(&result, user).await)
+                let settled = lease.settle(&result, user).await;
+                if let Err(UpstreamFailure::Throttled(_)) = settled {
+                    // The MPC did not act on it: the units were not used
+                    // (given back here, should the caller have left).
+                    give_back(&quotas, &payer).await;
+                }
+                Ok::<_, StoreError>(settled)
             }
             .instrument(tracing::Span::current()),
         );
         match call.await {
-            Ok(Ok(settled)) => {
-                if let Err(UpstreamFailure::Throttled(_)) = settled {
-                    // The MPC did not act on it: the units were not used.
-                    self.refund(identity).await;
-                }
-                Ok(Answered {
-                    settled,
-                    via: Via::Forwarded,
-                })
-            }
+            Ok(Ok(settled)) => Ok(Answered {
+                settled,
+                via: Via::Forwarded,
+            }),
             Ok(Err(error)) => {
                 // The claim lapsed before the call: nothing was sent.
                 self.refund(identity).await;
@@ -367,12 +371,7 @@ impl Retrieval {
 
     /// Gives back what [`Retrieval::charge`] took, when nothing was sent.
     async fn refund(&self, identity: &Identity) {
-        given_back(
-            self.quotas
-                .refund_upstream(identity.user(), identity.tier())
-                .await,
-        );
-        given_back(self.quotas.refund_budget().await);
+        give_back(&self.quotas, identity).await;
     }
 
     fn refused_by(&self, error: QuotaError) -> Refused {
@@ -389,6 +388,17 @@ impl Retrieval {
             QuotaError::Store(error) => Refused::StoreUnavailable(error),
         }
     }
+}
+
+/// Gives back the user's upstream-quota unit and the courtesy budget's
+/// unit that a call charged, when the MPC did not act on it.
+async fn give_back(quotas: &Quotas, identity: &Identity) {
+    given_back(
+        quotas
+            .refund_upstream(identity.user(), identity.tier())
+            .await,
+    );
+    given_back(quotas.refund_budget().await);
 }
 
 /// Logs a quota unit that could not be given back: it stays spent, though nothing was sent.

@@ -362,3 +362,60 @@ async fn callers_coalesced_on_a_throttled_call_all_get_its_503() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_caller_who_leaves_during_a_throttled_call_still_gets_the_units_back() {
+    use tokio::io::AsyncWriteExt;
+    let clock = Arc::new(FakeClock::default());
+    let app = gateway(&clock, |_| {}).await;
+    mpc_answers_label(
+        &app,
+        "A10cnQO",
+        too_many(Some("3")).set_delay(Duration::from_millis(300)),
+        1,
+    )
+    .await;
+    no_other_mpc_call(&app).await;
+
+    // Alice's request, on a connection she drops once the MPC holds the call.
+    let address = app.address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let body = json!({"label": "A10cnQO"}).to_string();
+    let request = format!(
+        "POST /api/action-codes/retrieve HTTP/1.1\r\nhost: {address}\r\nx-api-key: {ALICE}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    crate::helpers::mpc_received(&app.mpc, 1).await;
+    let socket = stream.into_std().unwrap();
+    crate::helpers::reset_on_drop(&socket);
+    drop(socket);
+
+    let settled = async {
+        while app
+            .metric("mpc_gateway_upstream_requests_total{result=\"throttled\"}")
+            .await
+            < 1.0
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), settled)
+        .await
+        .expect("the call settles on its own task");
+    let units = async {
+        loop {
+            let status = app
+                .label_status_with("A10cnQO", &[("x-api-key", ALICE)])
+                .await;
+            if header(&status, "ratelimit") == Some("\"upstream\";r=2;t=0") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), units)
+        .await
+        .expect("both of alice's units are back, though she left");
+}
