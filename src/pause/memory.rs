@@ -30,9 +30,10 @@ impl MemoryStore {
 
 impl PauseStore for MemoryStore {
     fn extend(&self, wait: Duration) -> StoreFuture<'_, Duration> {
+        let now = self.clock.now();
         let mut until = self.until.lock().unwrap_or_else(|e| e.into_inner());
-        *until = (*until).max(self.clock.now().saturating_add(wait));
-        ready(self.left(*until))
+        *until = (*until).max(now.saturating_add(wait));
+        ready(until.saturating_sub(now))
     }
 
     fn remaining(&self) -> StoreFuture<'_, Duration> {

@@ -108,7 +108,7 @@ impl Pause {
         tracing::warn!(
             status = throttle.answer.status,
             retry_after = ?throttle.retry_after,
-            paused_until = %humantime::format_rfc3339_seconds(paused.until),
+            paused_until = %humantime::format_rfc3339_millis(paused.until),
             paused_for_ms = left.as_millis() as u64,
             "the MPC asked the gateway to slow down: nothing is forwarded to it until the pause ends"
         );

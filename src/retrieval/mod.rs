@@ -219,7 +219,7 @@ impl Retrieval {
                     Ok(None) => {}
                     Ok(Some(paused)) => {
                         tracing::info!(
-                            paused_until = %humantime::format_rfc3339_seconds(paused.until),
+                            paused_until = %humantime::format_rfc3339_millis(paused.until),
                             "paused at the MPC's request: not forwarding"
                         );
                         return Step::Done(Err(Refused::Throttled(paused)));
