@@ -158,13 +158,12 @@ async fn a_429_pauses_every_label_blames_none_and_charges_nothing() {
         .text()
         .await
         .unwrap();
+    // The time in words around it may be marked up for the page's script.
     assert!(
-        page.contains(&format!(
-            "the MPC asked the gateway to wait until {} (UTC)",
-            rfc3339(until)
-        )),
+        page.contains("the MPC asked the gateway to wait until"),
         "{page}"
     );
+    assert!(page.contains(&rfc3339(until)), "{page}");
     assert!(page.contains("nothing was sent"), "{page}");
     let remembered: Value = app.retrieve("REMEMBERED").await.json().await.unwrap();
     assert_eq!(remembered["status"], "already_requested");
