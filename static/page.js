@@ -95,6 +95,10 @@
       case "urn:mpc-gateway:upstream-timeout":
       case "urn:mpc-gateway:upstream-error":
         return { parts: [body.detail], cls: "refused" };
+      case "urn:mpc-gateway:upstream-throttled":
+        return { parts: ["Not sent: the MPC asked the gateway to wait until ", { time: body.paused_until },
+          " before sending it anything, so nothing was sent; this says nothing about the label. " +
+          "Try again after that time."], cls: "refused" };
     }
     return { parts: ["Not sent: " + (body.detail || "the gateway answered " + item.status)], cls: "refused" };
   }

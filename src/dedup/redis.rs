@@ -38,10 +38,10 @@ use super::persist::Entry as Stored;
 use super::store::{Claim, ClaimId, DedupStore, Settled, Waiter};
 use crate::clock::{Clock, since_epoch};
 use crate::domain::label::Label;
+use crate::domain::mpc_reply::{RetryAfter, Throttle, UpstreamFailure};
 use crate::domain::outcome::{MpcAnswer, Outcome, Remembered, Uncertainty};
 use crate::store::redis::{Redis, script};
 use crate::store::{StoreError, StoreFuture};
-use crate::upstream::UpstreamFailure;
 
 /// Longest a remembered outcome is answered from memory without asking Redis.
 pub const REVALIDATE: Duration = Duration::from_millis(500);
@@ -248,15 +248,38 @@ struct Ending {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "failure", rename_all = "snake_case")]
 enum FailureRecord {
-    ServerError { upstream: MpcAnswer },
-    NotConnected { reason: String },
+    ServerError {
+        upstream: MpcAnswer,
+    },
+    NotRead {
+        upstream: MpcAnswer,
+    },
+    /// The MPC asked to be left alone; `wait_ms` is what the gateway's
+    /// pause had left when the call settled: a duration, not a time, so
+    /// that a replica whose clock differs reads it right.
+    Throttled {
+        upstream: MpcAnswer,
+        wait_ms: u64,
+    },
+    NotConnected {
+        reason: String,
+    },
 }
 
 impl FailureRecord {
-    fn of(failure: &UpstreamFailure) -> Self {
+    fn of(failure: &UpstreamFailure, now: SystemTime) -> Self {
         match failure {
             UpstreamFailure::ServerError(upstream) => Self::ServerError {
                 upstream: upstream.clone(),
+            },
+            UpstreamFailure::NotRead(upstream) => Self::NotRead {
+                upstream: upstream.clone(),
+            },
+            UpstreamFailure::Throttled(throttle) => Self::Throttled {
+                upstream: throttle.answer.clone(),
+                wait_ms: throttle
+                    .retry_after
+                    .map_or(0, |pause| pause.wait_from(now).as_millis() as u64),
             },
             other => Self::NotConnected {
                 reason: other.to_string(),
@@ -267,6 +290,11 @@ impl FailureRecord {
     fn into_failure(self) -> UpstreamFailure {
         match self {
             Self::ServerError { upstream } => UpstreamFailure::ServerError(upstream),
+            Self::NotRead { upstream } => UpstreamFailure::NotRead(upstream),
+            Self::Throttled { upstream, wait_ms } => UpstreamFailure::Throttled(Throttle {
+                answer: upstream,
+                retry_after: Some(RetryAfter::Delay(Duration::from_millis(wait_ms))),
+            }),
             Self::NotConnected { reason } => UpstreamFailure::NotConnected(reason),
         }
     }
@@ -1173,7 +1201,8 @@ impl DedupStore for RedisStore {
                     let ending = Ending {
                         token,
                         failure: Some(
-                            serde_json::to_string(&FailureRecord::of(&failure)).unwrap_or_default(),
+                            serde_json::to_string(&FailureRecord::of(&failure, self.now()))
+                                .unwrap_or_default(),
                         ),
                     };
                     let invocation = self.end_invocation(&label, &ending);
@@ -2008,6 +2037,41 @@ mod tests {
         match store.claim(&Label::parse("A10cnQP").unwrap(), hold).await {
             Err(error) => assert_eq!(error.reason, RECOVERING),
             Ok(_) => panic!("a claim while the replicas write back"),
+        }
+    }
+
+    #[test]
+    fn failures_that_sent_nothing_reach_other_replicas_whole() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let answer = |status| MpcAnswer { status, body: None };
+        let throttled = |retry_after| {
+            UpstreamFailure::Throttled(Throttle {
+                answer: answer(429),
+                retry_after,
+            })
+        };
+        let cases = [
+            (
+                UpstreamFailure::ServerError(answer(503)),
+                UpstreamFailure::ServerError(answer(503)),
+            ),
+            (
+                UpstreamFailure::NotRead(answer(408)),
+                UpstreamFailure::NotRead(answer(408)),
+            ),
+            (
+                throttled(Some(RetryAfter::At(now + Duration::from_millis(2_500)))),
+                throttled(Some(RetryAfter::Delay(Duration::from_millis(2_500)))),
+            ),
+            (
+                UpstreamFailure::NotConnected("refused".into()),
+                UpstreamFailure::NotConnected("could not connect to the MPC: refused".into()),
+            ),
+        ];
+        for (failure, read_back) in cases {
+            let text = serde_json::to_string(&FailureRecord::of(&failure, now)).unwrap();
+            let record: FailureRecord = serde_json::from_str(&text).unwrap();
+            assert_eq!(record.into_failure(), read_back, "{text}");
         }
     }
 

@@ -305,6 +305,13 @@ pub fn retrieval_words(status: u16, body: &Value, now: SystemTime) -> Words {
         ("urn:mpc-gateway:upstream-timeout" | "urn:mpc-gateway:upstream-error", _) => {
             Words::new("refused").text(text("detail"))
         }
+        ("urn:mpc-gateway:upstream-throttled", _) => Words::new("refused")
+            .text("Not sent: the MPC asked the gateway to wait until ")
+            .time(body, "paused_until")
+            .text(
+                " before sending it anything, so nothing was sent; this says nothing about the \
+                 label. Try again after that time.",
+            ),
         _ => Words::new("refused").text(format!("Not sent: {}", text("detail"))),
     }
 }
