@@ -1501,6 +1501,35 @@ mod tests {
         }
     }
 
+    /// Waits until `store` follows the events channel.
+    async fn until_subscribed(store: &RedisStore) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let command = ::redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&store.channel)
+                .to_owned();
+            let (_, subscribers): (String, u64) =
+                store.redis.query("watch", &command).await.unwrap();
+            if subscribers >= 1 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never subscribed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A replica with every job running, on `clock`.
+    fn started_replica(redis: &Arc<Redis>, clock: Arc<FakeClock>) -> Arc<RedisStore> {
+        RedisStore::start(
+            Arc::clone(redis),
+            clock,
+            100,
+            Duration::from_secs(3600),
+            DEADLINE,
+        )
+    }
+
     fn flush(server: &RedisServer) {
         assert_eq!(server.cli(&["FLUSHALL"]), "OK");
     }
@@ -1525,26 +1554,10 @@ mod tests {
         let (holder, holder_clock) = quiet_replica(&redis).await;
         let clock = Arc::new(FakeClock::default());
         // This one follows the events channel.
-        let here = RedisStore::start(
-            Arc::clone(&redis),
-            clock.clone(),
-            100,
-            Duration::from_secs(3600),
-            DEADLINE,
-        );
+        let here = started_replica(&redis, clock.clone());
         // Subscribed before anything is held here (a subscription checks
         // again all that is held).
-        loop {
-            let command = ::redis::cmd("PUBSUB")
-                .arg("NUMSUB")
-                .arg(&here.channel)
-                .to_owned();
-            let (_, subscribers): (String, u64) = redis.query("watch", &command).await.unwrap();
-            if subscribers == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until_subscribed(&here).await;
         let x = label("A10cnQO");
         let claim = lead(&holder, &x).await;
         holder.begin_call(&claim, "alice").await.unwrap();
@@ -1582,6 +1595,46 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_forget_at_another_replica_drops_the_copy_here_at_once() {
+        let redis = for_tests();
+        let clock = Arc::new(FakeClock::default());
+        let here = started_replica(&redis, clock.clone());
+        until_subscribed(&here).await;
+        let (there, _) = quiet_replica(&redis).await;
+        let x = label("A10cnQO");
+        send(&here, &clock, &x).await;
+        assert!(there.forget(&x).await.unwrap().is_some());
+        // The clock stands still: only the message can drop the copy.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while here.get(&x).await.unwrap().is_some() {
+            assert!(Instant::now() < deadline, "the forget was not heard");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_marker_job_writes_back_after_lost_data_by_itself() {
+        let server = RedisServer::start();
+        let redis = for_tests_on(&server, Duration::from_secs(2));
+        let clock = Arc::new(FakeClock::default());
+        let store = started_replica(&redis, clock.clone());
+        let x = label("A10cnQO");
+        send(&store, &clock, &x).await;
+        flush(&server);
+        until_state(&store, &x, Some("outcome"), Duration::from_secs(3)).await;
+    }
+
+    #[tokio::test]
+    async fn a_status_read_with_redis_down_and_nothing_held_fails_as_a_read() {
+        let mut server = RedisServer::start();
+        let redis = for_tests_on(&server, Duration::from_millis(200));
+        let (store, _) = quiet_replica(&redis).await;
+        server.kill();
+        let error = store.get(&label("A10cnQO")).await.unwrap_err();
+        assert_eq!(error.operation, "get");
     }
 
     #[tokio::test]
