@@ -23,8 +23,9 @@ use mpc_action_gateway::clock::SystemClock;
 use mpc_action_gateway::config::Settings;
 use mpc_action_gateway::dedup::Claim;
 use mpc_action_gateway::domain::label::Label;
+use mpc_action_gateway::domain::mpc_reply::Reply;
+use mpc_action_gateway::domain::outcome::MpcAnswer;
 use mpc_action_gateway::startup::Gateway;
-use mpc_action_gateway::upstream::{MpcAnswer, Reply};
 
 const KEY: &str = "mpcgw_bench_key";
 const REMEMBERED: &str = "2024-05-02T21:03:35.001_0000FzZw";

@@ -11,7 +11,8 @@ use mpc_action_gateway::clock::SystemClock;
 use mpc_action_gateway::config::DedupSettings;
 use mpc_action_gateway::dedup::{Claim, Dedup};
 use mpc_action_gateway::domain::label::Label;
-use mpc_action_gateway::upstream::{MpcAnswer, Reply};
+use mpc_action_gateway::domain::mpc_reply::Reply;
+use mpc_action_gateway::domain::outcome::MpcAnswer;
 
 const ENTRIES: u64 = 1_000_000;
 

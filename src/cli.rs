@@ -103,6 +103,8 @@ fn serve(config: Option<PathBuf>) -> Result<(), String> {
             tracing::error!(error = %e, "cannot start");
             e.to_string()
         })?;
+        // On stderr: stdout carries the logs, which collectors may parse.
+        eprintln!("{}", serve_banner(&settings));
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             public = %application.public_addr(),
@@ -121,6 +123,17 @@ fn serve(config: Option<PathBuf>) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())
     })
+}
+
+/// The line a newcomer reads on start: where labels go, that the emails are
+/// real, and how to try the gateway without them.
+fn serve_banner(settings: &Settings) -> String {
+    format!(
+        "mpc-action-gateway forwards to the MPC at {}: valid labels of real submissions \
+         trigger real emails. To try it without email, run the demo instead: \
+         mpc-action-gateway demo (from the source: cargo run --release -- demo).",
+        settings.upstream.retrieve_url()
+    )
 }
 
 fn demo(config: Option<PathBuf>) -> Result<(), String> {

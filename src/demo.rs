@@ -2,7 +2,8 @@
 //! simulated MPC that never sends an email. It knows the example labels of
 //! the MPC's documentation, refuses others, and fails on request:
 //! a label starting with `FAIL` gets a 503, one starting with `SLOW` an
-//! answer that arrives after the gateway's timeout. Anonymous callers are
+//! answer that arrives after the gateway's timeout, one starting with
+//! `BUSY` a 429 asking the gateway to wait [`BUSY_FOR`]. Anonymous callers are
 //! served, the state file is ignored, a `default` tier left at its shipped
 //! limits gets room for the README's walkthrough, and audit lines say
 //! `"simulated": true`.
@@ -37,6 +38,10 @@ fn accepted(_label: &str) -> serde_json::Value {
     })
 }
 
+/// How long the simulated MPC asks the gateway to wait for a `BUSY` label
+/// (its `Retry-After`).
+pub const BUSY_FOR: Duration = Duration::from_secs(5);
+
 /// Starts the simulated MPC on a free loopback port.
 pub fn simulated_mpc(slow_for: Duration) -> std::io::Result<(SocketAddr, Server)> {
     let unknown = |label: &str| {
@@ -46,10 +51,17 @@ pub fn simulated_mpc(slow_for: Duration) -> std::io::Result<(SocketAddr, Server)
         })
     };
     let failure = |_: &str| json!({"error": "simulated failure (label starts with FAIL)"});
+    let busy = |_: &str| json!({"error": "simulated: too many requests, retry in 5 seconds (label starts with BUSY)"});
     FakeMpc::answering(Answer::json(404, unknown).logged("no such submission"))
         .when(
             |label| label.starts_with("FAIL"),
             Answer::json(503, failure).warned("failing with 503 as asked"),
+        )
+        .when(
+            |label| label.starts_with("BUSY"),
+            Answer::json(429, busy)
+                .with_headers(&[("retry-after", "5")])
+                .warned("asking the gateway to slow down (429, Retry-After: 5), as asked"),
         )
         .when(
             |label| label.starts_with("SLOW"),
@@ -162,6 +174,10 @@ impl Demo {
             "  fails    labels starting with FAIL, e.g. FAIL001 (503; the gateway answers 502)"
                 .into(),
         );
+        line(format!(
+            "  is busy  labels starting with BUSY, e.g. BUSY001 (429 with Retry-After: {}; the gateway answers 503 upstream-throttled and forwards nothing to the MPC for that long)",
+            BUSY_FOR.as_secs()
+        ));
         line(format!(
             "  is slow  labels starting with SLOW, e.g. SLOW001 (answers after {}, past upstream.timeout = {}; the gateway answers 504)",
             humantime::format_duration(self.slow_for),
@@ -313,6 +329,7 @@ mod tests {
             "curl -s http://127.0.0.1:8080/api/action-codes/labels/A10cnQO",
             "accepts  A10cnQO, ABC12345",
             "labels starting with FAIL",
+            "labels starting with BUSY, e.g. BUSY001 (429 with Retry-After: 5;",
             "labels starting with SLOW, e.g. SLOW001 (answers after 16s, past upstream.timeout = 15s",
             "refuses  every other valid label",
             "courtesy budget: 30 MPC calls/minute",

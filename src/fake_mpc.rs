@@ -40,11 +40,12 @@ enum Loudness {
     Warn,
 }
 
-/// One answer of the fake MPC: a status, a JSON body made from the label
-/// (or none), a delay before it, and what to log when it is given.
+/// One answer of the fake MPC: a status, headers, a JSON body made from
+/// the label (or none), a delay before it, and what to log when it is given.
 #[derive(Clone, Copy)]
 pub struct Answer {
     status: StatusCode,
+    headers: &'static [(&'static str, &'static str)],
     body: Option<fn(&str) -> Value>,
     after: Duration,
     note: Option<(Loudness, &'static str)>,
@@ -63,10 +64,16 @@ impl Answer {
     pub fn empty(status: u16) -> Self {
         Self {
             status: StatusCode::from_u16(status).expect("a valid HTTP status"),
+            headers: &[],
             body: None,
             after: Duration::ZERO,
             note: None,
         }
+    }
+
+    /// The same answer with `headers` (name, value), e.g. `Retry-After`.
+    pub fn with_headers(self, headers: &'static [(&'static str, &'static str)]) -> Self {
+        Self { headers, ..self }
     }
 
     /// The same answer, given `delay` after the call arrives.
@@ -104,6 +111,9 @@ impl Answer {
             tokio::time::sleep(self.after).await;
         }
         let mut response = HttpResponse::build(self.status);
+        for header in self.headers {
+            response.insert_header(*header);
+        }
         match self.body {
             Some(body) => response.json(body(label)),
             None => response.finish(),
@@ -244,6 +254,22 @@ mod tests {
                 (404, r#"{"unknown":"B1"}"#.to_owned()),
             ]
         );
+    }
+
+    #[actix_web::test]
+    async fn an_answer_carries_its_headers() {
+        let fake = FakeMpc::answering(
+            Answer::empty(429).with_headers(&[("retry-after", "5"), ("x-other", "1")]),
+        );
+        let service = init_service(app(web::Data::new(fake))).await;
+        let request = TestRequest::post()
+            .uri(PATH)
+            .set_json(json!({ "label": "BUSY1" }))
+            .to_request();
+        let response = call_service(&service, request).await;
+        assert_eq!(response.status().as_u16(), 429);
+        assert_eq!(response.headers().get("retry-after").unwrap(), "5");
+        assert_eq!(response.headers().get("x-other").unwrap(), "1");
     }
 
     #[actix_web::test]

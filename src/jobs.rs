@@ -99,8 +99,8 @@ mod tests {
     use super::*;
     use crate::dedup::{Outcome, Remembered};
     use crate::domain::label::Label;
+    use crate::domain::outcome::MpcAnswer;
     use crate::http::routes;
-    use crate::upstream::MpcAnswer;
     use std::time::SystemTime;
 
     fn dedup_with_one_outcome() -> Arc<Dedup> {

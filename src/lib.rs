@@ -12,6 +12,7 @@ pub mod fake_mpc;
 pub mod http;
 pub mod jobs;
 pub mod observe;
+pub mod pause;
 pub mod quota;
 pub mod reload;
 pub mod retrieval;

@@ -29,6 +29,7 @@ use crate::observe::audit::AuditLog;
 use crate::observe::logging::LevelHandle;
 use crate::observe::metrics::Metrics;
 use crate::observe::record::Observer;
+use crate::pause::{self, Pause};
 use crate::quota::Quotas;
 use crate::reload::{Loader, Reloader};
 use crate::retrieval::Retrieval;
@@ -123,6 +124,7 @@ pub struct Gateway {
     metrics: web::Data<Metrics>,
     audit: web::Data<AuditLog>,
     admin: web::Data<AdminState>,
+    pause: web::Data<Pause>,
     upstream: UpstreamSettings,
     tls: Arc<rustls::ClientConfig>,
 }
@@ -180,9 +182,11 @@ impl Gateway {
             settings.upstream.breaker_failures.get(),
             settings.upstream.breaker_open_for,
         );
+        let pause = Arc::clone(&shared.pause);
         let retrieval = Retrieval {
             dedup: Arc::clone(&dedup),
             breaker: Arc::clone(&breaker),
+            pause: Arc::clone(&pause),
             quotas: Arc::clone(&quotas),
             slots: Arc::new(Semaphore::new(settings.upstream.max_concurrent.get())),
             slot_wait: settings.upstream.timeout,
@@ -216,6 +220,7 @@ impl Gateway {
             metrics: web::Data::from(metrics),
             audit: web::Data::from(audit),
             admin: web::Data::new(admin),
+            pause: web::Data::from(pause),
             upstream: settings.upstream.clone(),
             tls: tls_config(),
         })
@@ -256,20 +261,23 @@ impl Gateway {
             .app_data(self.metrics.clone())
             .app_data(web::Data::from(Arc::clone(&self.state.dedup)))
             .app_data(web::Data::from(Arc::clone(&self.state.breaker)))
+            .app_data(self.pause.clone())
             .configure(routes::admin)
             .default_service(web::to(routes::not_found))
     }
 }
 
-/// Remembered outcomes, claims and the shared limits, where `store.backend` keeps them.
+/// Remembered outcomes, claims, the shared limits and the MPC's pause,
+/// where `store.backend` keeps them.
 struct SharedState {
     dedup: Arc<Dedup>,
     quotas: Arc<Quotas>,
+    pause: Arc<Pause>,
     health: StoreHealth,
 }
 
-/// What the limits kept in Redis step on: the server's clock, so that
-/// replicas agree, or (tests) the gateway's injected clock.
+/// What the limits and the pause kept in Redis step on: the server's
+/// clock, so that replicas agree, or (tests) the gateway's injected clock.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum SharedTime {
     Server,
@@ -285,9 +293,14 @@ impl SharedState {
     ) -> Result<Self, StartupError> {
         let clock = Arc::clone(clock);
         let budget = settings.upstream.max_per_minute;
+        let lengths = pause::Lengths {
+            default: settings.upstream.default_pause,
+            max: settings.upstream.max_pause,
+        };
         if settings.store.backend == StoreBackend::Memory {
             return Ok(Self {
                 dedup: Dedup::new(&settings.dedup, Arc::clone(&clock)),
+                pause: Arc::new(Pause::in_memory(Arc::clone(&clock), lengths)),
                 quotas: Arc::new(Quotas::new(clock, budget)),
                 health: StoreHealth::Memory,
             });
@@ -297,7 +310,7 @@ impl SharedState {
             redis_url = %settings.store.redis_url,
             key_prefix = %settings.store.key_prefix,
             "shared state (remembered outcomes, calls under way, upstream quotas, courtesy \
-             budget) lives in Redis"
+             budget, the MPC's pause) lives in Redis"
         );
         tokio::spawn({
             let redis = Arc::clone(&redis);
@@ -324,7 +337,13 @@ impl SharedState {
             }
         };
         let (upstream, courtesy) = (limits("upstream"), limits("budget"));
+        let paused = pause::redis::RedisStore::new(Arc::clone(&redis), Arc::clone(&clock));
+        let paused = match shared_time {
+            SharedTime::Server => paused,
+            SharedTime::Clock => paused.on_clock(),
+        };
         Ok(Self {
+            pause: Arc::new(Pause::new(paused.start(), Arc::clone(&clock), lengths)),
             dedup: Dedup::with_store(store, lifetimes, max_entries, Arc::clone(&clock)),
             quotas: Arc::new(Quotas::with_stores(
                 clock,

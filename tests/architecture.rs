@@ -301,6 +301,24 @@ fn top_level_modules_import_each_other_without_cycles() {
     }
 }
 
+#[test]
+fn the_dedup_policy_reads_mpc_answers_through_the_domain_not_the_http_client() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let imports = imports_under(&src);
+    let dedup = imports.get("dedup").expect("src/dedup exists");
+    if let Some(evidence) = dedup.get("upstream") {
+        let lines: Vec<String> = evidence
+            .iter()
+            .map(|e| format!("{}:{}  {}", e.file, e.line, e.text))
+            .collect();
+        panic!(
+            "dedup imports the MPC client module (upstream); what an MPC answer means \
+             lives in domain::mpc_reply:\n{}",
+            lines.join("\n")
+        );
+    }
+}
+
 fn graph(edges: &[(&str, &str)]) -> Graph {
     let mut graph = Graph::new();
     for (from, to) in edges {

@@ -55,6 +55,8 @@ impl Settings {
         }
         for (key, ttl) in [
             ("upstream.breaker_open_for", upstream.breaker_open_for),
+            ("upstream.default_pause", upstream.default_pause),
+            ("upstream.max_pause", upstream.max_pause),
             ("dedup.sent_ttl", self.dedup.sent_ttl),
             ("dedup.rejected_ttl", self.dedup.rejected_ttl),
             ("dedup.uncertain_ttl", self.dedup.uncertain_ttl),
@@ -71,6 +73,16 @@ impl Settings {
                      whole call, so raise upstream.timeout or lower upstream.connect_timeout",
                     humantime::format_duration(upstream.connect_timeout),
                     humantime::format_duration(upstream.timeout),
+                ),
+            ));
+        }
+        if upstream.default_pause > upstream.max_pause {
+            return Err(ConfigError::invalid(
+                "upstream.default_pause",
+                format!(
+                    "{} is longer than upstream.max_pause ({}), the longest pause",
+                    humantime::format_duration(upstream.default_pause),
+                    humantime::format_duration(upstream.max_pause),
                 ),
             ));
         }

@@ -124,6 +124,8 @@ mod tests {
         let s = Settings::load_from(None, env(&[])).unwrap();
         assert_eq!(s.server.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(s.upstream.timeout, Duration::from_secs(15));
+        assert_eq!(s.upstream.default_pause, Duration::from_secs(60));
+        assert_eq!(s.upstream.max_pause, Duration::from_secs(3600));
         assert_eq!(s.log.format, LogFormat::Pretty);
         assert!(s.listens_on_loopback());
         assert_eq!(
@@ -226,6 +228,26 @@ mod tests {
                 "MPC_GATEWAY__UPSTREAM__BREAKER_OPEN_FOR",
                 "0s",
                 "upstream.breaker_open_for",
+            ),
+            (
+                "MPC_GATEWAY__UPSTREAM__DEFAULT_PAUSE",
+                "0s",
+                "upstream.default_pause",
+            ),
+            (
+                "MPC_GATEWAY__UPSTREAM__DEFAULT_PAUSE",
+                "2h",
+                "upstream.default_pause",
+            ),
+            (
+                "MPC_GATEWAY__UPSTREAM__MAX_PAUSE",
+                "0s",
+                "upstream.max_pause",
+            ),
+            (
+                "MPC_GATEWAY__UPSTREAM__MAX_PAUSE",
+                "soon",
+                "upstream.max_pause",
             ),
             (
                 "MPC_GATEWAY__ADMIN__TOKEN_SHA256",

@@ -143,6 +143,13 @@ pub struct UpstreamSettings {
     pub breaker_open_for: Duration,
     /// Gateway-wide MPC calls per minute (GCRA, burst of the same size).
     pub max_per_minute: NonZeroU32,
+    /// How long nothing is forwarded after an MPC 429 that named no time
+    /// the gateway could read.
+    #[serde(with = "human_duration")]
+    pub default_pause: Duration,
+    /// The longest the gateway pauses at the MPC's request, whatever it named.
+    #[serde(with = "human_duration")]
+    pub max_pause: Duration,
     /// Set only by `demo`: `base_url` is the built-in simulated MPC (no config key).
     #[serde(skip)]
     pub simulated: bool,

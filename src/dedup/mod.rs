@@ -19,8 +19,8 @@ pub use store::{DedupStore, Settled, Waiter};
 use crate::clock::Clock;
 use crate::config::DedupSettings;
 use crate::domain::label::Label;
+use crate::domain::mpc_reply::{MpcResult, read};
 use crate::store::StoreError;
-use crate::upstream::{MpcResult, read};
 
 /// Per-outcome lifetimes.
 #[derive(Clone, Copy, Debug)]
@@ -228,9 +228,9 @@ pub(crate) fn in_memory(max_entries: u64) -> Arc<Dedup> {
 mod tests {
     use super::*;
     use crate::clock::FakeClock;
+    use crate::domain::mpc_reply::Reply;
     use crate::domain::outcome::MpcAnswer;
     use crate::store::StoreFuture;
-    use crate::upstream::Reply;
 
     #[test]
     fn outcomes_are_named_as_operators_read_them() {

@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 
 use super::{Dedup, Outcome, Remembered, Uncertainty};
 use crate::domain::label::Label;
-use crate::upstream::MpcAnswer;
+use crate::domain::outcome::MpcAnswer;
 
 /// Version of the file format; bump on any incompatible change.
 pub const FORMAT_VERSION: u32 = 1;
@@ -438,7 +438,7 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
 mod tests {
     use super::*;
     use crate::dedup::Claim;
-    use crate::upstream::{Reply, UpstreamFailure};
+    use crate::domain::mpc_reply::{Reply, UpstreamFailure};
     use std::sync::Arc;
     use std::time::Duration;
 

@@ -38,10 +38,10 @@ use super::persist::Entry as Stored;
 use super::store::{Claim, ClaimId, DedupStore, Settled, Waiter};
 use crate::clock::{Clock, since_epoch};
 use crate::domain::label::Label;
+use crate::domain::mpc_reply::{RetryAfter, Throttle, UpstreamFailure};
 use crate::domain::outcome::{MpcAnswer, Outcome, Remembered, Uncertainty};
 use crate::store::redis::{Redis, script};
 use crate::store::{StoreError, StoreFuture};
-use crate::upstream::UpstreamFailure;
 
 /// Longest a remembered outcome is answered from memory without asking Redis.
 pub const REVALIDATE: Duration = Duration::from_millis(500);
@@ -61,7 +61,9 @@ pub const RECOVERY: Duration = Duration::from_secs(3);
 const FAILURE_TTL: Duration = Duration::from_secs(10);
 
 /// Remembered, wait, or lead. KEYS: the label, the marker. ARGV: a new
-/// token, now (ms, gateway clock), how long a claim not yet calling lives (ms).
+/// token, now (ms, gateway clock), how long a claim not yet calling lives
+/// (ms), the marker epoch the replica knows ('' for none yet): a replica
+/// that has not caught up with a loss may not lead (`stale`).
 const CLAIM: &str = r"
 local record = redis.call('HMGET', KEYS[1], 'state', 'token', 'outcome', 'expires', 'since', 'user', 'until')
 local state = record[1]
@@ -71,10 +73,11 @@ end
 if state == 'claimed' or state == 'calling' then
   return {'wait', record[2], state, record[5] or '', record[6] or '', record[7] or ''}
 end
-local ready = redis.call('HGET', KEYS[2], 'ready_at')
-if not ready then return {'lost'} end
+local marker = redis.call('HMGET', KEYS[2], 'epoch', 'ready_at')
+if not marker[2] then return {'lost'} end
+if ARGV[4] ~= '' and marker[1] ~= ARGV[4] then return {'stale'} end
 local time = redis.call('TIME')
-if tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) < tonumber(ready) then
+if tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) < tonumber(marker[2]) then
   return {'recovering'}
 end
 redis.call('DEL', KEYS[1])
@@ -114,11 +117,12 @@ redis.call('PUBLISH', ARGV[6], ARGV[7])
 return 1
 ";
 
-/// Ends a claim given up before calling. KEYS: the label. ARGV: token,
-/// channel, message.
+/// Ends a claim given up before its MPC call began: `claimed`, or
+/// `calling` when the reply to its `BEGIN_CALL` was lost (the MPC is called
+/// only after that reply). KEYS: the label. ARGV: token, channel, message.
 const RELEASE: &str = r"
 local record = redis.call('HMGET', KEYS[1], 'state', 'token')
-if record[1] == 'claimed' and record[2] == ARGV[1] then
+if record[2] == ARGV[1] and (record[1] == 'claimed' or record[1] == 'calling') then
   redis.call('DEL', KEYS[1])
   redis.call('PUBLISH', ARGV[2], ARGV[3])
 end
@@ -142,12 +146,14 @@ end
 return {}
 ";
 
-/// What a label holds, and the failure of the claim `ARGV[1]` if one was
-/// kept. KEYS: the label, the failure key.
+/// What a label holds, the failure of the claim the failure key names if
+/// one was kept, and the marker's epoch (under which an absence is
+/// knowledge, not a loss). KEYS: the label, the failure key, the marker.
 const PEEK: &str = r"
 local record = redis.call('HMGET', KEYS[1], 'state', 'token', 'outcome', 'expires', 'since', 'user', 'until')
 return {record[1] or '', record[2] or '', record[3] or '', record[4] or '', record[5] or '',
-        record[6] or '', record[7] or '', redis.call('GET', KEYS[2]) or ''}
+        record[6] or '', record[7] or '', redis.call('GET', KEYS[2]) or '',
+        redis.call('HGET', KEYS[3], 'epoch') or ''}
 ";
 
 /// The marker's epoch, written anew (ready for claims after ARGV[2] ms) when
@@ -188,15 +194,22 @@ const LOST: &str = "the store has lost its data (its marker is gone)";
 /// Why a claim is refused while replicas write back.
 const RECOVERING: &str = "the store lost its data: new claims wait while the replicas write back";
 
+/// Why a claim is refused when this replica could not write back after a loss.
+const BEHIND: &str = "the store lost its data and this replica has not written back yet";
+
 /// How many records one write-back script run carries.
 const WRITE_BACK_BATCH: usize = 500;
 
-/// An outcome held here, and when Redis last confirmed it.
+/// An outcome held here, and when Redis last confirmed it (gateway clock).
 #[derive(Clone)]
 struct Cached {
     remembered: Remembered,
-    checked: Instant,
+    checked: Duration,
 }
+
+/// What this replica knows of a call under way: since when, for whom,
+/// held until when.
+type Calling = (SystemTime, Arc<str>, SystemTime);
 
 /// A label this replica leads the call for, or waits on at another replica.
 struct Call {
@@ -211,23 +224,62 @@ enum Role {
         hold_for: Duration,
         calling: Option<(SystemTime, Arc<str>)>,
     },
-    /// Another replica holds it; a message wakes the poller early.
-    Watching { wake: Arc<Notify> },
+    /// Another replica holds it; a message wakes the poller early. Once
+    /// it is seen calling, this replica knows the call was made and writes
+    /// it back after lost data, should its holder be gone.
+    Watching {
+        wake: Arc<Notify>,
+        calling: Option<Calling>,
+    },
+}
+
+/// A claim ended here whose end has not reached Redis yet (its reply was
+/// lost, or it is on its way): retried until Redis takes it, so that the
+/// label is not held for nothing.
+#[derive(Clone)]
+struct Ending {
+    token: u64,
+    /// The failure of a call that certainly sent nothing, as kept for
+    /// waiters; `None` for a claim given up before its call began.
+    failure: Option<String>,
 }
 
 /// A failure that certainly sent nothing, as kept for other replicas.
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "failure", rename_all = "snake_case")]
 enum FailureRecord {
-    ServerError { upstream: MpcAnswer },
-    NotConnected { reason: String },
+    ServerError {
+        upstream: MpcAnswer,
+    },
+    NotRead {
+        upstream: MpcAnswer,
+    },
+    /// The MPC asked to be left alone; `wait_ms` is what the gateway's
+    /// pause had left when the call settled: a duration, not a time, so
+    /// that a replica whose clock differs reads it right.
+    Throttled {
+        upstream: MpcAnswer,
+        wait_ms: u64,
+    },
+    NotConnected {
+        reason: String,
+    },
 }
 
 impl FailureRecord {
-    fn of(failure: &UpstreamFailure) -> Self {
+    fn of(failure: &UpstreamFailure, now: SystemTime) -> Self {
         match failure {
             UpstreamFailure::ServerError(upstream) => Self::ServerError {
                 upstream: upstream.clone(),
+            },
+            UpstreamFailure::NotRead(upstream) => Self::NotRead {
+                upstream: upstream.clone(),
+            },
+            UpstreamFailure::Throttled(throttle) => Self::Throttled {
+                upstream: throttle.answer.clone(),
+                wait_ms: throttle
+                    .retry_after
+                    .map_or(0, |pause| pause.wait_from(now).as_millis() as u64),
             },
             other => Self::NotConnected {
                 reason: other.to_string(),
@@ -238,6 +290,11 @@ impl FailureRecord {
     fn into_failure(self) -> UpstreamFailure {
         match self {
             Self::ServerError { upstream } => UpstreamFailure::ServerError(upstream),
+            Self::NotRead { upstream } => UpstreamFailure::NotRead(upstream),
+            Self::Throttled { upstream, wait_ms } => UpstreamFailure::Throttled(Throttle {
+                answer: upstream,
+                retry_after: Some(RetryAfter::Delay(Duration::from_millis(wait_ms))),
+            }),
             Self::NotConnected { reason } => UpstreamFailure::NotConnected(reason),
         }
     }
@@ -250,8 +307,18 @@ enum Held {
     Claim {
         token: u64,
         /// Since when the call is under way, for whom, held until when.
-        calling: Option<(SystemTime, Arc<str>, SystemTime)>,
+        calling: Option<Calling>,
     },
+}
+
+/// One look at a label in Redis.
+struct Peeked {
+    held: Held,
+    /// The failure kept for the claim whose failure key was read.
+    failure: Option<UpstreamFailure>,
+    /// Whether Redis holds the marker epoch this replica knows: only then
+    /// is an absence knowledge (a forget, an expiry, a release), not a loss.
+    same_epoch: bool,
 }
 
 struct Scripts {
@@ -276,8 +343,8 @@ pub struct RedisStore {
     call_deadline: Duration,
     cache: Cache<Label, Cached>,
     calls: DashMap<Label, Call>,
-    /// Claims given up here whose release is still on its way to Redis.
-    releasing: Arc<DashMap<Label, u64>>,
+    /// Claims ended here whose end is still on its way to Redis.
+    ending: DashMap<Label, Ending>,
     /// Outcomes whose write to Redis failed, written by the watch job.
     unsynced: Mutex<HashMap<Label, (Remembered, u64)>>,
     changes: AtomicU64,
@@ -286,6 +353,8 @@ pub struct RedisStore {
     channel: String,
     /// The marker epoch last seen; a new one means Redis lost its data.
     epoch: Mutex<Option<String>>,
+    /// Wakes the marker job before its next round (a loss was noticed).
+    recheck: Arc<Notify>,
 }
 
 impl RedisStore {
@@ -299,7 +368,24 @@ impl RedisStore {
         longest: Duration,
         call_deadline: Duration,
     ) -> Arc<Self> {
-        let store = Arc::new_cyclic(|me| Self {
+        let store = Self::new(redis, clock, max_entries, longest, call_deadline);
+        tokio::spawn(follow_events(Arc::downgrade(&store)));
+        tokio::spawn(watch_marker(
+            Arc::downgrade(&store),
+            Arc::clone(&store.recheck),
+        ));
+        store
+    }
+
+    /// The store without the jobs that follow the other replicas.
+    fn new(
+        redis: Arc<Redis>,
+        clock: Arc<dyn Clock>,
+        max_entries: u64,
+        longest: Duration,
+        call_deadline: Duration,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
             me: me.clone(),
             origin: new_token(),
             marker: redis.key("marker"),
@@ -312,7 +398,7 @@ impl RedisStore {
                 .time_to_live(longest)
                 .build(),
             calls: DashMap::new(),
-            releasing: Arc::new(DashMap::new()),
+            ending: DashMap::new(),
             unsynced: Mutex::new(HashMap::new()),
             changes: AtomicU64::new(0),
             scripts: Scripts {
@@ -326,10 +412,8 @@ impl RedisStore {
                 write_back: script(WRITE_BACK),
             },
             epoch: Mutex::new(None),
-        });
-        tokio::spawn(follow_events(Arc::downgrade(&store)));
-        tokio::spawn(watch_marker(Arc::downgrade(&store)));
-        store
+            recheck: Arc::new(Notify::new()),
+        })
     }
 
     fn label_key(&self, label: &Label) -> String {
@@ -352,7 +436,12 @@ impl RedisStore {
         if cached.remembered.remaining(self.now()).is_zero() {
             return None;
         }
-        Some((cached.remembered, cached.checked.elapsed() < REVALIDATE))
+        let fresh = self
+            .clock
+            .now()
+            .checked_sub(cached.checked)
+            .is_some_and(|age| age < REVALIDATE);
+        Some((cached.remembered, fresh))
     }
 
     fn keep(&self, label: &Label, remembered: &Remembered) {
@@ -363,12 +452,38 @@ impl RedisStore {
             label.clone(),
             Cached {
                 remembered: remembered.clone(),
-                checked: Instant::now(),
+                checked: self.clock.now(),
             },
         );
         self.changes.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Has the outcome held here for `label` checked against Redis at its
+    /// next use (a message says the label changed, or some were missed).
+    fn mark_stale(&self, label: &Label) {
+        if let Some(mut cached) = self.cache.get(label) {
+            cached.checked = Duration::ZERO;
+            self.cache.insert(label.clone(), cached);
+        }
+    }
+
+    /// Whether `epoch`, read from Redis, is the one this replica knows.
+    fn is_known_epoch(&self, epoch: &str) -> bool {
+        !epoch.is_empty() && self.epoch.lock().expect("epoch lock").as_deref() == Some(epoch)
+    }
+
+    /// The marker epoch this replica knows, or '' before it has seen one.
+    fn known_epoch(&self) -> String {
+        self.epoch
+            .lock()
+            .expect("epoch lock")
+            .clone()
+            .unwrap_or_default()
+    }
+
+    /// Drops what is held here for `label`: only on knowledge that it was
+    /// forgotten (a forget, or an absence under the known epoch), never
+    /// because Redis has nothing after losing its data.
     fn drop_cached(&self, label: &Label) -> Option<Remembered> {
         let dropped = self.cache.remove(label).map(|cached| cached.remembered);
         if dropped.is_some() {
@@ -382,6 +497,20 @@ impl RedisStore {
     fn lost_call(since: SystemTime, user: Arc<str>, until: SystemTime) -> Remembered {
         let reason = Uncertainty::Timeout;
         Remembered::new(Outcome::Uncertain { reason }, since, until, user)
+    }
+
+    /// [`RedisStore::lost_call`], also kept here: a replica that answered a
+    /// label as held remembers it, and writes it back after lost data.
+    fn keep_lost_call(
+        &self,
+        label: &Label,
+        since: SystemTime,
+        user: Arc<str>,
+        until: SystemTime,
+    ) -> Remembered {
+        let remembered = Self::lost_call(since, user, until);
+        self.keep(label, &remembered);
+        remembered
     }
 
     fn is_lost(&self, since: SystemTime) -> bool {
@@ -398,7 +527,8 @@ impl RedisStore {
             .key(&self.marker)
             .arg(token.to_string())
             .arg(millis(self.now()))
-            .arg(self.call_deadline.as_millis() as u64);
+            .arg(self.call_deadline.as_millis() as u64)
+            .arg(self.known_epoch());
         let reply: Vec<String> = self.redis.run("claim", &invocation).await?;
         let refused = |reason: &str| StoreError {
             operation: "claim",
@@ -416,15 +546,16 @@ impl RedisStore {
                     Held::Claim {
                         calling: Some((since, user, until)),
                         ..
-                    } if self.is_lost(since) => {
-                        Ok(Claim::Remembered(Self::lost_call(since, user, until)))
-                    }
-                    Held::Claim { token, .. } => Ok(self.watch(label, token)),
+                    } if self.is_lost(since) => Ok(Claim::Remembered(
+                        self.keep_lost_call(label, since, user, until),
+                    )),
+                    Held::Claim { token, calling } => Ok(self.watch(label, token, calling)),
                     _ => Err(refused("unreadable claim")),
                 }
             }
             Some("lead") => Ok(self.lead(label, token, hold_for)),
             Some("lost") => Err(refused(LOST)),
+            Some("stale") => Err(refused(BEHIND)),
             Some("recovering") => Err(refused(RECOVERING)),
             _ => Err(refused("unexpected answer to a claim")),
         }
@@ -436,7 +567,11 @@ impl RedisStore {
             Entry::Occupied(call) => {
                 // Another request here claimed meanwhile: ours is not the label's.
                 let waiter = Waiter::new(call.get().sender.subscribe());
-                self.spawn_release(label.clone(), token);
+                let ending = Ending {
+                    token,
+                    failure: None,
+                };
+                self.spawn_ending(label.clone(), ending, self.call_deadline);
                 Claim::Wait(waiter)
             }
             Entry::Vacant(slot) => {
@@ -456,7 +591,7 @@ impl RedisStore {
 
     /// Waits on the claim `token` of another replica, polling one label
     /// once for every waiter here.
-    fn watch(&self, label: &Label, token: u64) -> Claim {
+    fn watch(&self, label: &Label, token: u64, calling: Option<Calling>) -> Claim {
         match self.calls.entry(label.clone()) {
             Entry::Occupied(call) => Claim::Wait(Waiter::new(call.get().sender.subscribe())),
             Entry::Vacant(slot) => {
@@ -467,6 +602,7 @@ impl RedisStore {
                     sender,
                     role: Role::Watching {
                         wake: Arc::clone(&wake),
+                        calling,
                     },
                 });
                 if let Some(store) = self.me.upgrade() {
@@ -475,6 +611,43 @@ impl RedisStore {
                 Claim::Wait(Waiter::new(receiver))
             }
         }
+    }
+
+    /// How long the claim `token` on `label` held here may hold it in Redis.
+    fn held_for(&self, label: &Label, token: u64) -> Duration {
+        match self.calls.get(label).as_deref() {
+            Some(Call {
+                token: held,
+                role: Role::Leading { hold_for, .. },
+                ..
+            }) if *held == token => (*hold_for).max(self.call_deadline),
+            _ => self.call_deadline,
+        }
+    }
+
+    /// Records that the call `token` watched here for `label` is under way.
+    fn note_calling(&self, label: &Label, token: u64, seen: Calling) {
+        if let Some(mut call) = self.calls.get_mut(label)
+            && call.token == token
+            && let Role::Watching { calling, .. } = &mut call.role
+            && calling.is_none()
+        {
+            *calling = Some(seen);
+        }
+    }
+
+    /// Whether the call `token` watched here for `label` was seen under way.
+    fn saw_calling(&self, label: &Label, token: u64) -> bool {
+        self.calls.get(label).is_some_and(|call| {
+            call.token == token
+                && matches!(
+                    call.role,
+                    Role::Watching {
+                        calling: Some(_),
+                        ..
+                    }
+                )
+        })
     }
 
     /// Ends the local side of a call: waiters here get `settled`, or are
@@ -487,49 +660,81 @@ impl RedisStore {
         }
     }
 
-    fn release_invocation(&self, label: &Label, token: u64) -> ::redis::ScriptInvocation<'_> {
-        let mut invocation = self.scripts.release.prepare_invoke();
-        invocation
-            .key(self.label_key(label))
-            .arg(token.to_string())
-            .arg(&self.channel)
-            .arg(self.event('s', label));
+    /// The script run that ends, in Redis, the claim `ending` on `label`.
+    fn end_invocation(&self, label: &Label, ending: &Ending) -> ::redis::ScriptInvocation<'_> {
+        let mut invocation = match &ending.failure {
+            None => {
+                let mut invocation = self.scripts.release.prepare_invoke();
+                invocation
+                    .key(self.label_key(label))
+                    .arg(ending.token.to_string());
+                invocation
+            }
+            Some(failure) => {
+                let mut invocation = self.scripts.settle.prepare_invoke();
+                invocation
+                    .key(self.label_key(label))
+                    .key(self.failure_key(label, ending.token))
+                    .arg(ending.token.to_string())
+                    .arg("failure")
+                    .arg(failure)
+                    .arg(0)
+                    .arg(FAILURE_TTL.as_millis() as u64);
+                invocation
+            }
+        };
+        invocation.arg(&self.channel).arg(self.event('s', label));
         invocation
     }
 
-    /// Releases the claim `token` in Redis in the background; a claim here
-    /// for the same label waits for it (see [`RedisStore::finish_release`]).
-    fn spawn_release(&self, label: Label, token: u64) {
+    /// Ends in Redis, in the background, a claim ended here, retrying
+    /// until Redis takes it or the claim has lapsed there by itself
+    /// (`lapses_within`); a claim here for the same label first finishes it.
+    fn spawn_ending(&self, label: Label, ending: Ending, lapses_within: Duration) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        self.releasing.insert(label.clone(), token);
+        self.ending.insert(label.clone(), ending);
         let Some(store) = self.me.upgrade() else {
             return;
         };
-        runtime.spawn(async move { store.finish_release(&label).await });
+        runtime.spawn(async move {
+            let lapsed = Instant::now() + lapses_within;
+            let mut pause = POLL;
+            while !store.finish_ending(&label).await && Instant::now() < lapsed {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(WATCH);
+            }
+        });
     }
 
-    /// Ends in Redis a claim given up here, if one is on its way; a
-    /// release that fails lapses by itself after the claim's lifetime.
-    async fn finish_release(&self, label: &Label) {
-        let Some(token) = self.releasing.get(label).map(|token| *token) else {
-            return;
+    /// Ends in Redis the claim ended here for `label`, if one is on its
+    /// way; whether none is left.
+    async fn finish_ending(&self, label: &Label) -> bool {
+        let Some(ending) = self.ending.get(label).map(|ending| ending.clone()) else {
+            return true;
         };
-        let invocation = self.release_invocation(label, token);
-        let _ = self.redis.run::<i64>("release", &invocation).await;
-        self.releasing.remove_if(label, |_, held| *held == token);
+        let operation = if ending.failure.is_some() {
+            "settle"
+        } else {
+            "release"
+        };
+        let invocation = self.end_invocation(label, &ending);
+        if self.redis.run::<i64>(operation, &invocation).await.is_err() {
+            return false;
+        }
+        self.ending
+            .remove_if(label, |_, held| held.token == ending.token);
+        true
     }
 
-    async fn peek(
-        &self,
-        label: &Label,
-        token: u64,
-    ) -> Result<(Held, Option<UpstreamFailure>), StoreError> {
+    /// One look at `label`, and at the failure kept for its claim `token`.
+    async fn peek(&self, label: &Label, token: u64) -> Result<Peeked, StoreError> {
         let mut invocation = self.scripts.peek.prepare_invoke();
         invocation
             .key(self.label_key(label))
-            .key(self.failure_key(label, token));
+            .key(self.failure_key(label, token))
+            .key(&self.marker);
         let reply: Vec<String> = self.redis.run("watch", &invocation).await?;
         let failure = reply
             .get(7)
@@ -558,7 +763,12 @@ impl RedisStore {
             }
             _ => Held::Nothing,
         };
-        Ok((held, failure))
+        let same_epoch = self.is_known_epoch(reply.get(8).map_or("", String::as_str));
+        Ok(Peeked {
+            held,
+            failure,
+            same_epoch,
+        })
     }
 
     /// Follows the claim `token` on `label` held by another replica until
@@ -569,26 +779,48 @@ impl RedisStore {
         loop {
             let _ = tokio::time::timeout(POLL, wake.notified()).await;
             let settled = match self.peek(&label, token).await {
-                Ok((_, Some(failure))) => Some(Err(failure)),
-                Ok((Held::Outcome(remembered), _)) => {
+                Ok(Peeked {
+                    failure: Some(failure),
+                    ..
+                }) => Some(Err(failure)),
+                Ok(Peeked {
+                    held: Held::Outcome(remembered),
+                    ..
+                }) => {
                     self.keep(&label, &remembered);
                     Some(Ok(remembered))
                 }
-                Ok((
-                    Held::Claim {
-                        token: held,
-                        calling,
-                    },
-                    _,
-                )) if held == token => match calling {
+                Ok(Peeked {
+                    held:
+                        Held::Claim {
+                            token: held,
+                            calling,
+                        },
+                    ..
+                }) if held == token => match calling {
                     Some((since, user, until)) if self.is_lost(since) => {
-                        Some(Ok(Self::lost_call(since, user, until)))
+                        Some(Ok(self.keep_lost_call(&label, since, user, until)))
                     }
                     _ if started.elapsed() > give_up => None,
-                    _ => continue,
+                    Some(calling) => {
+                        self.note_calling(&label, token, calling);
+                        continue;
+                    }
+                    None => continue,
                 },
                 // Given up before calling, or taken over: claim again.
-                Ok(_) => None,
+                Ok(Peeked {
+                    same_epoch: true, ..
+                }) => None,
+                // Redis lost its data. A call seen under way comes back
+                // with the write-back of whichever replica knows it (this
+                // one included); one never seen calling was fenced off by
+                // the loss (its call cannot begin): claim again.
+                Ok(_) if started.elapsed() > give_up || !self.saw_calling(&label, token) => None,
+                Ok(_) => {
+                    self.recheck.notify_one();
+                    continue;
+                }
                 Err(_) if started.elapsed() > give_up => None,
                 Err(_) => continue,
             };
@@ -597,54 +829,53 @@ impl RedisStore {
         }
     }
 
-    /// Writes back every outcome remembered here and every call under way
-    /// here, after Redis lost its data.
+    /// Writes back, after Redis lost its data, every call known here to be
+    /// under way (made here, or seen calling at another replica, whose
+    /// holder may be gone) and every outcome remembered here.
     async fn write_back(&self) -> Result<u64, StoreError> {
         let now = self.now();
-        let mut records: Vec<(String, u64, String, String)> = self
-            .cache
-            .iter()
-            .filter_map(|(label, cached)| {
-                let remaining = cached.remembered.remaining(now);
-                (!remaining.is_zero()).then(|| {
-                    (
-                        self.label_key(&label),
-                        remaining.as_millis() as u64,
-                        outcome_fields(&label, &cached.remembered),
-                        String::new(),
-                    )
-                })
-            })
-            .collect();
+        let mut records: Vec<(String, u64, String, String)> = Vec::new();
         for call in self.calls.iter() {
-            if let (
+            let (since, user, until) = match &call.role {
                 Role::Leading {
                     hold_for,
                     calling: Some((since, user)),
-                },
-                token,
-            ) = (&call.role, call.token)
-            {
-                let until = *since + *hold_for;
-                let remaining = until.duration_since(now).unwrap_or_default();
-                if remaining.is_zero() {
-                    continue;
-                }
-                let fields = serde_json::json!({
-                    "state": "calling",
-                    "token": token.to_string(),
-                    "since": millis(*since).to_string(),
-                    "until": millis(until).to_string(),
-                    "user": &**user,
-                });
-                records.push((
-                    self.label_key(call.key()),
-                    remaining.as_millis() as u64,
-                    fields.to_string(),
-                    String::new(),
-                ));
+                } => (*since, user, *since + *hold_for),
+                Role::Watching {
+                    calling: Some((since, user, until)),
+                    ..
+                } => (*since, user, *until),
+                _ => continue,
+            };
+            let remaining = until.duration_since(now).unwrap_or_default();
+            if remaining.is_zero() {
+                continue;
             }
+            let fields = serde_json::json!({
+                "state": "calling",
+                "token": call.token.to_string(),
+                "since": millis(since).to_string(),
+                "until": millis(until).to_string(),
+                "user": &**user,
+            });
+            records.push((
+                self.label_key(call.key()),
+                remaining.as_millis() as u64,
+                fields.to_string(),
+                String::new(),
+            ));
         }
+        records.extend(self.cache.iter().filter_map(|(label, cached)| {
+            let remaining = cached.remembered.remaining(now);
+            (!remaining.is_zero()).then(|| {
+                (
+                    self.label_key(&label),
+                    remaining.as_millis() as u64,
+                    outcome_fields(&label, &cached.remembered),
+                    String::new(),
+                )
+            })
+        }));
         self.write_records(records).await
     }
 
@@ -761,8 +992,11 @@ impl RedisStore {
                 self.drop_cached(&label);
             }
             _ => {
+                // A claim on the label ended: what is held here for it (a
+                // call seen lost, say) is checked again at its next use.
+                self.mark_stale(&label);
                 if let Some(call) = self.calls.get(&label)
-                    && let Role::Watching { wake } = &call.role
+                    && let Role::Watching { wake, .. } = &call.role
                 {
                     wake.notify_one();
                 }
@@ -789,13 +1023,13 @@ async fn follow_events(store: Weak<RedisStore>) {
             continue;
         };
         for call in this.calls.iter() {
-            if let Role::Watching { wake } = &call.role {
+            if let Role::Watching { wake, .. } = &call.role {
                 wake.notify_one();
             }
         }
         // Forgets may have been missed: what is held here is checked again.
         for (label, mut cached) in this.cache.iter() {
-            cached.checked = Instant::now() - REVALIDATE;
+            cached.checked = Duration::ZERO;
             this.cache.insert(Label::clone(&label), cached);
         }
         drop(this);
@@ -810,13 +1044,15 @@ async fn follow_events(store: Weak<RedisStore>) {
     }
 }
 
-/// Checks the marker every [`WATCH`] (a claim that finds it gone checks at once).
-async fn watch_marker(store: Weak<RedisStore>) {
+/// Checks the marker every [`WATCH`], and at once when a look at a label
+/// found Redis without the epoch this replica knows (a claim that finds it
+/// gone checks by itself).
+async fn watch_marker(store: Weak<RedisStore>, recheck: Arc<Notify>) {
     loop {
         let Some(this) = store.upgrade() else { return };
         this.check().await;
         drop(this);
-        tokio::time::sleep(WATCH).await;
+        let _ = tokio::time::timeout(WATCH, recheck.notified()).await;
     }
 }
 
@@ -827,13 +1063,34 @@ impl DedupStore for RedisStore {
                 return Ok(Some(remembered));
             }
             match self.peek(label, 0).await {
-                Ok((Held::Outcome(remembered), _)) => {
+                Ok(Peeked {
+                    held: Held::Outcome(remembered),
+                    ..
+                }) => {
                     self.keep(label, &remembered);
                     Ok(Some(remembered))
                 }
-                Ok(_) => {
+                Ok(Peeked {
+                    held:
+                        Held::Claim {
+                            calling: Some((since, user, until)),
+                            ..
+                        },
+                    ..
+                }) if self.is_lost(since) => {
+                    Ok(Some(self.keep_lost_call(label, since, user, until)))
+                }
+                Ok(Peeked {
+                    same_epoch: true, ..
+                }) => {
                     self.drop_cached(label);
                     Ok(None)
+                }
+                Ok(_) => {
+                    // Redis lost its data: what is held here stands, and is
+                    // written back by the marker job, woken now.
+                    self.recheck.notify_one();
+                    Ok(self.cached(label).map(|(remembered, _)| remembered))
                 }
                 Err(error) => match self.cached(label) {
                     Some((remembered, _)) => Ok(Some(remembered)),
@@ -855,11 +1112,20 @@ impl DedupStore for RedisStore {
             if let Some(call) = self.calls.get(label) {
                 return Ok(Claim::Wait(Waiter::new(call.sender.subscribe())));
             }
-            self.finish_release(label).await;
-            let mut claimed = self.claim_in_redis(label, hold_for).await;
-            if matches!(&claimed, Err(error) if error.reason == LOST) {
-                // Write the marker (after a loss, with claims held off while
-                // the replicas write back), then claim again.
+            let mut claimed = if self.finish_ending(label).await {
+                self.claim_in_redis(label, hold_for).await
+            } else {
+                // This replica's last claim on the label still holds it in
+                // Redis: a claim now would wait on it for nothing.
+                Err(StoreError {
+                    operation: "release",
+                    reason: "the end of a previous claim has not reached the store".into(),
+                })
+            };
+            if matches!(&claimed, Err(error) if error.reason == LOST || error.reason == BEHIND) {
+                // Redis lost its data: write the marker (claims held off
+                // while the replicas write back) or catch up with the one
+                // written, writing back what is remembered here; then claim again.
                 self.check().await;
                 claimed = self.claim_in_redis(label, hold_for).await;
             }
@@ -924,30 +1190,45 @@ impl DedupStore for RedisStore {
         Box::pin(async move {
             let label = claim.label().clone();
             let token = claim.token();
+            let lapses_within = self.held_for(&label, token);
             if let Ok(remembered) = &settled {
                 self.keep(&label, remembered);
             }
             self.end_call(&label, token, Some(settled.clone()));
+            let remembered = match settled {
+                Ok(remembered) => remembered,
+                Err(failure) => {
+                    let ending = Ending {
+                        token,
+                        failure: Some(
+                            serde_json::to_string(&FailureRecord::of(&failure, self.now()))
+                                .unwrap_or_default(),
+                        ),
+                    };
+                    let invocation = self.end_invocation(&label, &ending);
+                    let written = self.redis.run::<i64>("settle", &invocation).await;
+                    if written.is_err() {
+                        // The call sent nothing: its claim must not hold
+                        // the label as if it might have. Retried until
+                        // Redis takes it.
+                        self.spawn_ending(label, ending, lapses_within);
+                    }
+                    return written.map(drop);
+                }
+            };
             let mut invocation = self.scripts.settle.prepare_invoke();
             invocation
                 .key(self.label_key(&label))
                 .key(self.failure_key(&label, token))
-                .arg(token.to_string());
-            match &settled {
-                Ok(remembered) => invocation
-                    .arg("outcome")
-                    .arg(outcome_json(&label, remembered))
-                    .arg(millis(remembered.expires_at()))
-                    .arg((remembered.remaining(self.now()).as_millis() as u64).max(1)),
-                Err(failure) => invocation
-                    .arg("failure")
-                    .arg(serde_json::to_string(&FailureRecord::of(failure)).unwrap_or_default())
-                    .arg(0)
-                    .arg(FAILURE_TTL.as_millis() as u64),
-            };
-            invocation.arg(&self.channel).arg(self.event('s', &label));
+                .arg(token.to_string())
+                .arg("outcome")
+                .arg(outcome_json(&label, &remembered))
+                .arg(millis(remembered.expires_at()))
+                .arg((remembered.remaining(self.now()).as_millis() as u64).max(1))
+                .arg(&self.channel)
+                .arg(self.event('s', &label));
             let written = self.redis.run::<i64>("settle", &invocation).await;
-            if let (Err(_), Ok(remembered)) = (&written, settled) {
+            if written.is_err() {
                 // Kept here and written when the store answers again; the
                 // claim in Redis holds the label meanwhile.
                 self.unsynced
@@ -960,8 +1241,30 @@ impl DedupStore for RedisStore {
     }
 
     fn release(&self, claim: ClaimId) {
-        self.end_call(claim.label(), claim.token(), None);
-        self.spawn_release(claim.label().clone(), claim.token());
+        let (label, token) = (claim.label(), claim.token());
+        let began = self.calls.get(label).is_some_and(|call| {
+            call.token == token
+                && matches!(
+                    call.role,
+                    Role::Leading {
+                        calling: Some(_),
+                        ..
+                    }
+                )
+        });
+        let lapses_within = self.held_for(label, token);
+        self.end_call(label, token, None);
+        if !began {
+            // Its call never began (or the reply that it had was lost, and
+            // the MPC was not called): the label is free again at once.
+            // One that began may have reached the MPC: its claim holds the
+            // label until it lapses.
+            let ending = Ending {
+                token,
+                failure: None,
+            };
+            self.spawn_ending(label.clone(), ending, lapses_within);
+        }
     }
 
     fn forget<'a>(&'a self, label: &'a Label) -> StoreFuture<'a, Option<Remembered>> {
@@ -1102,7 +1405,656 @@ fn parse_claim(fields: &[String]) -> Result<Held, StoreError> {
 mod tests {
     use super::*;
     use crate::clock::FakeClock;
-    use crate::store::redis::for_tests;
+    use crate::store::redis::{for_tests, for_tests_on};
+    use crate::store::test_server::RedisServer;
+
+    const HOLD: Duration = Duration::from_secs(120);
+    const DEADLINE: Duration = Duration::from_secs(5);
+
+    /// A replica on `redis` without the jobs that follow the others: the
+    /// test decides when it checks the marker (and has it learn the
+    /// marker's epoch first) and when it hears of other replicas.
+    async fn quiet_replica(redis: &Arc<Redis>) -> (Arc<RedisStore>, Arc<FakeClock>) {
+        quiet_replica_with(redis, DEADLINE).await
+    }
+
+    /// [`quiet_replica`], whose calls lose their holder after `deadline`.
+    async fn quiet_replica_with(
+        redis: &Arc<Redis>,
+        deadline: Duration,
+    ) -> (Arc<RedisStore>, Arc<FakeClock>) {
+        let clock = Arc::new(FakeClock::default());
+        let store = RedisStore::new(
+            Arc::clone(redis),
+            clock.clone(),
+            100,
+            Duration::from_secs(3600),
+            deadline,
+        );
+        store.check().await;
+        assert!(store.epoch.lock().unwrap().is_some(), "the marker is known");
+        (store, clock)
+    }
+
+    fn label(text: &str) -> Label {
+        Label::parse(text).unwrap()
+    }
+
+    async fn lead(store: &RedisStore, label: &Label) -> ClaimId {
+        match store.claim(label, HOLD).await.unwrap() {
+            Claim::Lead(claim) => claim,
+            Claim::Remembered(_) => panic!("expected to lead, found an outcome"),
+            Claim::Wait(_) => panic!("expected to lead, found a call under way"),
+        }
+    }
+
+    /// Claims `label`, calls and settles it as sent.
+    async fn send(store: &RedisStore, clock: &FakeClock, label: &Label) -> Remembered {
+        let claim = lead(store, label).await;
+        store.begin_call(&claim, "alice").await.unwrap();
+        let now = clock.system_time();
+        let sent = Remembered::new(
+            Outcome::Sent {
+                upstream: MpcAnswer {
+                    status: 200,
+                    body: None,
+                },
+            },
+            now,
+            now + Duration::from_secs(3600),
+            "alice".into(),
+        );
+        store.settle(claim, Ok(sent.clone())).await.unwrap();
+        sent
+    }
+
+    /// The state of `label`'s record in Redis, if it has one.
+    async fn state_in_redis(store: &RedisStore, label: &Label) -> Option<String> {
+        try_state_in_redis(store, label).await.unwrap()
+    }
+
+    async fn try_state_in_redis(
+        store: &RedisStore,
+        label: &Label,
+    ) -> Result<Option<String>, StoreError> {
+        let command = ::redis::cmd("HGET")
+            .arg(store.label_key(label))
+            .arg("state")
+            .to_owned();
+        store.redis.query("watch", &command).await
+    }
+
+    /// Waits, at most `within`, until `label`'s record in Redis is `state`.
+    async fn until_state(store: &RedisStore, label: &Label, state: Option<&str>, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            // A connection killed by the test fails once, then reconnects.
+            let now = try_state_in_redis(store, label).await;
+            if matches!(&now, Ok(now) if now.as_deref() == state) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{label:?} is {now:?} in Redis, not {state:?}, after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `store` follows the events channel.
+    async fn until_subscribed(store: &RedisStore) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let command = ::redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&store.channel)
+                .to_owned();
+            let (_, subscribers): (String, u64) =
+                store.redis.query("watch", &command).await.unwrap();
+            if subscribers >= 1 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never subscribed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A replica with every job running, on `clock`.
+    fn started_replica(redis: &Arc<Redis>, clock: Arc<FakeClock>) -> Arc<RedisStore> {
+        RedisStore::start(
+            Arc::clone(redis),
+            clock,
+            100,
+            Duration::from_secs(3600),
+            DEADLINE,
+        )
+    }
+
+    fn flush(server: &RedisServer) {
+        assert_eq!(server.cli(&["FLUSHALL"]), "OK");
+    }
+
+    #[tokio::test]
+    async fn an_outcome_settled_at_another_replica_is_answered_here() {
+        let redis = for_tests();
+        let (here, _) = quiet_replica(&redis).await;
+        let (there, clock) = quiet_replica(&redis).await;
+        let x = label("A10cnQO");
+        let sent = send(&there, &clock, &x).await;
+        match here.claim(&x, HOLD).await.unwrap() {
+            Claim::Remembered(remembered) => assert_eq!(remembered, sent),
+            _ => panic!("the outcome is in Redis"),
+        }
+        assert_eq!(here.get(&x).await.unwrap(), Some(sent));
+    }
+
+    #[tokio::test]
+    async fn a_claim_ended_elsewhere_has_the_copy_here_checked_again() {
+        let redis = for_tests();
+        let (holder, holder_clock) = quiet_replica(&redis).await;
+        let clock = Arc::new(FakeClock::default());
+        // This one follows the events channel.
+        let here = started_replica(&redis, clock.clone());
+        // Subscribed before anything is held here (a subscription checks
+        // again all that is held).
+        until_subscribed(&here).await;
+        let x = label("A10cnQO");
+        let claim = lead(&holder, &x).await;
+        holder.begin_call(&claim, "alice").await.unwrap();
+        clock.advance(DEADLINE + Duration::from_secs(1));
+        let Claim::Remembered(lost) = here.claim(&x, HOLD).await.unwrap() else {
+            panic!("past its deadline, the call is answered as lost")
+        };
+        // The holder was only slow: its outcome ends the claim, and its
+        // message has the copy here checked again before its time is up.
+        let now = holder_clock.system_time();
+        let sent = Remembered::new(
+            Outcome::Sent {
+                upstream: MpcAnswer {
+                    status: 200,
+                    body: None,
+                },
+            },
+            now,
+            now + Duration::from_secs(3600),
+            "alice".into(),
+        );
+        holder.settle(claim, Ok(sent.clone())).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let Claim::Remembered(answered) = here.claim(&x, HOLD).await.unwrap() else {
+                panic!("remembered either way")
+            };
+            if answered == sent {
+                break;
+            }
+            assert_eq!(answered, lost);
+            assert!(
+                Instant::now() < deadline,
+                "the copy was never checked again"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_forget_at_another_replica_drops_the_copy_here_at_once() {
+        let redis = for_tests();
+        let clock = Arc::new(FakeClock::default());
+        let here = started_replica(&redis, clock.clone());
+        until_subscribed(&here).await;
+        let (there, _) = quiet_replica(&redis).await;
+        let x = label("A10cnQO");
+        send(&here, &clock, &x).await;
+        assert!(there.forget(&x).await.unwrap().is_some());
+        // The clock stands still: only the message can drop the copy.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while here.get(&x).await.unwrap().is_some() {
+            assert!(Instant::now() < deadline, "the forget was not heard");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_marker_job_writes_back_after_lost_data_by_itself() {
+        let server = RedisServer::start();
+        let redis = for_tests_on(&server, Duration::from_secs(2));
+        let clock = Arc::new(FakeClock::default());
+        let store = started_replica(&redis, clock.clone());
+        let x = label("A10cnQO");
+        send(&store, &clock, &x).await;
+        flush(&server);
+        until_state(&store, &x, Some("outcome"), Duration::from_secs(3)).await;
+    }
+
+    #[tokio::test]
+    async fn a_status_read_with_redis_down_and_nothing_held_fails_as_a_read() {
+        let mut server = RedisServer::start();
+        let redis = for_tests_on(&server, Duration::from_millis(200));
+        let (store, _) = quiet_replica(&redis).await;
+        server.kill();
+        let error = store.get(&label("A10cnQO")).await.unwrap_err();
+        assert_eq!(error.operation, "get");
+    }
+
+    #[tokio::test]
+    async fn a_status_read_after_lost_data_keeps_what_is_held_here_and_writes_it_back() {
+        let server = RedisServer::start();
+        let redis = for_tests_on(&server, Duration::from_secs(2));
+        let (store, clock) = quiet_replica(&redis).await;
+        let x = label("A10cnQO");
+        let sent = send(&store, &clock, &x).await;
+        flush(&server);
+        clock.advance(REVALIDATE);
+        assert_eq!(
+            store.get(&x).await.unwrap(),
+            Some(sent),
+            "Redis has nothing because it lost its data: not a forget"
+        );
+        store.check().await;
+        assert_eq!(
+            state_in_redis(&store, &x).await.as_deref(),
+            Some("outcome"),
+            "written back"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_absence_under_the_known_epoch_is_a_forget_and_drops_the_copy() {
+        let redis = for_tests();
+        let (here, clock) = quiet_replica(&redis).await;
+        let (there, _) = quiet_replica(&redis).await;
+        let (x, y) = (label("A10cnQO"), label("A10cnQP"));
+        send(&here, &clock, &x).await;
+        send(&here, &clock, &y).await;
+        // Forgotten at the other replica; its messages are not followed here.
+        assert!(there.forget(&x).await.unwrap().is_some());
+        assert!(there.forget(&y).await.unwrap().is_some());
+        clock.advance(REVALIDATE - Duration::from_millis(1));
+        assert!(
+            here.get(&x).await.unwrap().is_some(),
+            "a copy is answered without asking Redis for a while"
+        );
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(here.get(&x).await.unwrap(), None);
+        assert_eq!(here.snapshot().len(), 1, "only the label not read yet");
+        lead(&here, &y).await;
+        assert!(here.snapshot().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_replica_behind_a_loss_writes_back_before_it_may_lead() {
+        let server = RedisServer::start();
+        let redis = for_tests_on(&server, Duration::from_secs(2));
+        let (store, clock) = quiet_replica(&redis).await;
+        let x = label("A10cnQO");
+        let sent = send(&store, &clock, &x).await;
+        flush(&server);
+        // Another replica noticed first and wrote a new marker, and the
+        // hold for writing back is over: this one never heard of it.
+        let _: i64 = redis
+            .query(
+                "marker",
+                ::redis::cmd("HSET")
+                    .arg(&store.marker)
+                    .arg("epoch")
+                    .arg("another")
+                    .arg("ready_at")
+                    .arg(0),
+            )
+            .await
+            .unwrap();
+        clock.advance(REVALIDATE);
+        assert_eq!(
+            store.get(&x).await.unwrap().as_ref(),
+            Some(&sent),
+            "nothing under an epoch this replica does not know is no forget"
+        );
+        match store.claim(&x, HOLD).await.unwrap() {
+            Claim::Remembered(remembered) => assert_eq!(remembered, sent),
+            Claim::Lead(_) => panic!("led with a copy from before the loss: a second email"),
+            Claim::Wait(_) => panic!("nothing is under way"),
+        }
+        assert_eq!(
+            store.epoch.lock().unwrap().as_deref(),
+            Some("another"),
+            "caught up"
+        );
+        assert_eq!(state_in_redis(&store, &x).await.as_deref(), Some("outcome"));
+    }
+
+    #[tokio::test]
+    async fn a_failure_whose_settle_was_lost_frees_the_label_once_redis_answers() {
+        let server = RedisServer::start();
+        let redis = for_tests_on(&server, Duration::from_millis(200));
+        // Retried for as long as the claim may hold the label (HOLD), not
+        // only until its call's deadline.
+        let (here, _) = quiet_replica_with(&redis, Duration::from_millis(100)).await;
+        let (there, _) = quiet_replica(&redis).await;
+        let x = label("A10cnQO");
+        let claim = lead(&here, &x).await;
+        here.begin_call(&claim, "alice").await.unwrap();
+        // The connection dies before the settle, whose command is lost,
+        // and Redis then answers nothing for a second.
+        assert_ne!(server.cli(&["CLIENT", "KILL", "TYPE", "normal"]), "0");
+        let socket = server.socket();
+        let sleeping = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("redis-cli")
+                .arg("-s")
+                .arg(socket)
+                .args(["DEBUG", "SLEEP", "1"])
+                .output()
+                .unwrap()
+        });
+        while server.answers_within(Duration::from_millis(50)) {}
+        let failure = UpstreamFailure::ServerError(MpcAnswer {
+            status: 500,
+            body: None,
+        });
+        assert!(here.settle(claim, Err(failure)).await.is_err());
+        sleeping.await.unwrap();
+        until_state(&there, &x, None, Duration::from_secs(3)).await;
+        assert!(here.ending.is_empty(), "nothing left to end");
+        lead(&there, &x).await;
+    }
+
+    #[tokio::test]
+    async fn a_call_whose_begin_was_run_but_not_answered_is_released_whole() {
+        let server = RedisServer::start();
+        let redis = for_tests_on(&server, Duration::from_secs(2));
+        let (store, _) = quiet_replica(&redis).await;
+        let x = label("A10cnQO");
+        let claim = lead(&store, &x).await;
+        assert_ne!(server.cli(&["CLIENT", "KILL", "TYPE", "normal"]), "0");
+        assert!(store.begin_call(&claim, "alice").await.is_err());
+        // As if Redis had run it and the reply was lost: the MPC is not
+        // called (it is only after that reply), and the claim is given up.
+        let key = store.label_key(&x);
+        let since = millis(SystemTime::now()).to_string();
+        assert_eq!(
+            server.cli(&["HSET", &key, "state", "calling", "since", &since]),
+            "1",
+            "a claim held by this replica, now calling"
+        );
+        store.release(claim);
+        until_state(&store, &x, None, Duration::from_secs(3)).await;
+        assert!(store.ending.is_empty(), "nothing left to end");
+        lead(&store, &x).await;
+    }
+
+    #[tokio::test]
+    async fn a_call_answered_as_lost_is_kept_and_written_back_after_lost_data() {
+        let server = RedisServer::start();
+        let redis = for_tests_on(&server, Duration::from_secs(2));
+        let (holder, _) = quiet_replica(&redis).await;
+        let (other, clock) = quiet_replica(&redis).await;
+        let x = label("A10cnQO");
+        let claim = lead(&holder, &x).await;
+        holder.begin_call(&claim, "alice").await.unwrap();
+        // The holder dies mid-call; past the deadline the other answers the
+        // label as held.
+        clock.advance(DEADLINE + Duration::from_secs(1));
+        let Claim::Remembered(lost) = other.claim(&x, HOLD).await.unwrap() else {
+            panic!("a call past its deadline is answered")
+        };
+        assert!(lost.outcome().may_have_emailed());
+        flush(&server);
+        other.check().await;
+        assert_eq!(
+            state_in_redis(&other, &x).await.as_deref(),
+            Some("outcome"),
+            "held as uncertain again"
+        );
+    }
+
+    fn sent_now() -> Remembered {
+        let now = SystemTime::now();
+        Remembered::new(
+            Outcome::Sent {
+                upstream: MpcAnswer {
+                    status: 200,
+                    body: None,
+                },
+            },
+            now,
+            now + Duration::from_secs(3600),
+            "alice".into(),
+        )
+    }
+
+    /// A waiter at `watcher` on `holder`'s call, which is seen calling
+    /// (`calling_first`) or only claimed when the wait begins, lives
+    /// through lost data: it gets the holder's outcome.
+    async fn a_waiter_on_a_call_seen_under_way_lives_through_lost_data(calling_first: bool) {
+        let server = RedisServer::start();
+        let redis = for_tests_on(&server, Duration::from_secs(2));
+        let (holder, _) = quiet_replica(&redis).await;
+        let (watcher, _) = quiet_replica(&redis).await;
+        let x = label("A10cnQO");
+        let claim = lead(&holder, &x).await;
+        if calling_first {
+            holder.begin_call(&claim, "alice").await.unwrap();
+        }
+        let Claim::Wait(waiter) = watcher.claim(&x, HOLD).await.unwrap() else {
+            panic!("a call is under way")
+        };
+        if !calling_first {
+            holder.begin_call(&claim, "alice").await.unwrap();
+            // The waiter's poll sees it calling.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !watcher.saw_calling(&x, claim.token()) {
+                assert!(Instant::now() < deadline, "the poll never saw the call");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        flush(&server);
+        tokio::time::timeout(Duration::from_secs(2), watcher.recheck.notified())
+            .await
+            .expect("the waiter's poll saw the loss and woke the marker job");
+        holder.check().await;
+        let sent = sent_now();
+        holder.settle(claim, Ok(sent.clone())).await.unwrap();
+        assert_eq!(waiter.settled().await, Some(Ok(sent)));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_on_a_call_seen_calling_lives_through_lost_data() {
+        a_waiter_on_a_call_seen_under_way_lives_through_lost_data(true).await;
+    }
+
+    #[tokio::test]
+    async fn a_waiter_on_a_claim_seen_calling_later_lives_through_lost_data() {
+        a_waiter_on_a_call_seen_under_way_lives_through_lost_data(false).await;
+    }
+
+    #[tokio::test]
+    async fn a_waiter_elsewhere_gets_the_failure_of_a_call_that_sent_nothing() {
+        let redis = for_tests();
+        let (holder, _) = quiet_replica(&redis).await;
+        let (watcher, _) = quiet_replica(&redis).await;
+        let x = label("A10cnQO");
+        let claim = lead(&holder, &x).await;
+        holder.begin_call(&claim, "alice").await.unwrap();
+        let Claim::Wait(waiter) = watcher.claim(&x, HOLD).await.unwrap() else {
+            panic!("a call is under way")
+        };
+        let failure = UpstreamFailure::ServerError(MpcAnswer {
+            status: 503,
+            body: None,
+        });
+        holder.settle(claim, Err(failure.clone())).await.unwrap();
+        assert_eq!(waiter.settled().await, Some(Err(failure)));
+        lead(&watcher, &x).await;
+    }
+
+    #[tokio::test]
+    async fn a_waiter_elsewhere_rides_out_a_redis_that_is_silent_for_a_moment() {
+        let server = RedisServer::start();
+        let redis = for_tests_on(&server, Duration::from_millis(200));
+        let (holder, _) = quiet_replica(&redis).await;
+        let (watcher, _) = quiet_replica(&redis).await;
+        let x = label("A10cnQO");
+        let claim = lead(&holder, &x).await;
+        holder.begin_call(&claim, "alice").await.unwrap();
+        let Claim::Wait(waiter) = watcher.claim(&x, HOLD).await.unwrap() else {
+            panic!("a call is under way")
+        };
+        let socket = server.socket();
+        // The waiter's polls fail for a second, longer than store.timeout.
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("redis-cli")
+                .arg("-s")
+                .arg(socket)
+                .args(["DEBUG", "SLEEP", "1"])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let sent = sent_now();
+        holder.settle(claim, Ok(sent.clone())).await.unwrap();
+        assert_eq!(waiter.settled().await, Some(Ok(sent)));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_elsewhere_is_answered_when_the_call_passes_its_deadline() {
+        let redis = for_tests();
+        let (holder, _) = quiet_replica(&redis).await;
+        let (watcher, clock) = quiet_replica(&redis).await;
+        let x = label("A10cnQO");
+        let claim = lead(&holder, &x).await;
+        holder.begin_call(&claim, "alice").await.unwrap();
+        let Claim::Wait(waiter) = watcher.claim(&x, HOLD).await.unwrap() else {
+            panic!("a call is under way")
+        };
+        // Its holder died: past the deadline the waiter is answered.
+        clock.advance(DEADLINE + Duration::from_secs(1));
+        let settled = tokio::time::timeout(Duration::from_secs(1), waiter.settled())
+            .await
+            .expect("answered at the next poll");
+        let lost = settled.unwrap().unwrap();
+        assert!(lost.outcome().may_have_emailed());
+        assert_eq!(watcher.snapshot().len(), 1, "and kept");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_elsewhere_stops_waiting_after_twice_the_deadline() {
+        let redis = for_tests();
+        let (holder, _) = quiet_replica(&redis).await;
+        // Its clock never reaches the call's deadline, its real time does.
+        let (watcher, _) = quiet_replica_with(&redis, Duration::from_millis(100)).await;
+        let x = label("A10cnQO");
+        let claim = lead(&holder, &x).await;
+        holder.begin_call(&claim, "alice").await.unwrap();
+        let Claim::Wait(waiter) = watcher.claim(&x, HOLD).await.unwrap() else {
+            panic!("a call is under way")
+        };
+        let settled = tokio::time::timeout(Duration::from_secs(2), waiter.settled())
+            .await
+            .expect("a waiter never waits for ever");
+        assert_eq!(settled, None, "told to claim again");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_on_a_claim_never_seen_calling_claims_again_after_lost_data() {
+        let server = RedisServer::start();
+        let redis = for_tests_on(&server, Duration::from_secs(2));
+        let (holder, _) = quiet_replica(&redis).await;
+        let (watcher, _) = quiet_replica(&redis).await;
+        let x = label("A10cnQO");
+        let claim = lead(&holder, &x).await;
+        let Claim::Wait(waiter) = watcher.claim(&x, HOLD).await.unwrap() else {
+            panic!("a claim is held")
+        };
+        flush(&server);
+        // Its call cannot begin after the loss: no waiting for it.
+        let settled = tokio::time::timeout(Duration::from_secs(1), waiter.settled())
+            .await
+            .expect("told at once to claim again");
+        assert_eq!(settled, None);
+        assert!(holder.begin_call(&claim, "alice").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_call_under_way_here_is_written_back_after_lost_data() {
+        let server = RedisServer::start();
+        let redis = for_tests_on(&server, Duration::from_secs(2));
+        let (holder, _) = quiet_replica(&redis).await;
+        let x = label("A10cnQO");
+        let claim = lead(&holder, &x).await;
+        holder.begin_call(&claim, "alice").await.unwrap();
+        flush(&server);
+        holder.check().await;
+        assert_eq!(
+            state_in_redis(&holder, &x).await.as_deref(),
+            Some("calling")
+        );
+        let (other, _) = quiet_replica(&redis).await;
+        let Claim::Wait(_) = other.claim(&x, HOLD).await.unwrap() else {
+            panic!("held again by its call")
+        };
+    }
+
+    #[tokio::test]
+    async fn an_outcome_whose_settle_failed_is_written_when_redis_answers_again() {
+        let server = RedisServer::start();
+        let redis = for_tests_on(&server, Duration::from_secs(2));
+        let (holder, _) = quiet_replica(&redis).await;
+        let x = label("A10cnQO");
+        let claim = lead(&holder, &x).await;
+        holder.begin_call(&claim, "alice").await.unwrap();
+        assert_ne!(server.cli(&["CLIENT", "KILL", "TYPE", "normal"]), "0");
+        let sent = sent_now();
+        assert!(holder.settle(claim, Ok(sent.clone())).await.is_err());
+        until_state(&holder, &x, Some("calling"), Duration::from_secs(1)).await;
+        holder.check().await;
+        assert_eq!(
+            state_in_redis(&holder, &x).await.as_deref(),
+            Some("outcome")
+        );
+        let (other, _) = quiet_replica(&redis).await;
+        match other.claim(&x, HOLD).await.unwrap() {
+            Claim::Remembered(remembered) => assert_eq!(remembered, sent),
+            _ => panic!("the outcome is in Redis"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_seen_under_way_elsewhere_is_written_back_after_lost_data() {
+        let server = RedisServer::start();
+        let redis = for_tests_on(&server, Duration::from_secs(2));
+        let (holder, _) = quiet_replica(&redis).await;
+        let (watcher, _) = quiet_replica(&redis).await;
+        let x = label("A10cnQO");
+        let claim = lead(&holder, &x).await;
+        holder.begin_call(&claim, "alice").await.unwrap();
+        let Claim::Wait(_waiter) = watcher.claim(&x, HOLD).await.unwrap() else {
+            panic!("a call is under way")
+        };
+        flush(&server);
+        watcher.check().await;
+        assert_eq!(
+            state_in_redis(&watcher, &x).await.as_deref(),
+            Some("calling"),
+            "the call is held again, with its holder's token"
+        );
+        let sent = Remembered::new(
+            Outcome::Sent {
+                upstream: MpcAnswer {
+                    status: 200,
+                    body: None,
+                },
+            },
+            SystemTime::now(),
+            SystemTime::now() + Duration::from_secs(3600),
+            "alice".into(),
+        );
+        holder.settle(claim, Ok(sent)).await.unwrap();
+        assert_eq!(
+            state_in_redis(&holder, &x).await.as_deref(),
+            Some("outcome")
+        );
+    }
 
     #[tokio::test]
     async fn claims_wait_while_the_replicas_write_back_lost_data() {
@@ -1138,6 +2090,41 @@ mod tests {
         match store.claim(&Label::parse("A10cnQP").unwrap(), hold).await {
             Err(error) => assert_eq!(error.reason, RECOVERING),
             Ok(_) => panic!("a claim while the replicas write back"),
+        }
+    }
+
+    #[test]
+    fn failures_that_sent_nothing_reach_other_replicas_whole() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let answer = |status| MpcAnswer { status, body: None };
+        let throttled = |retry_after| {
+            UpstreamFailure::Throttled(Throttle {
+                answer: answer(429),
+                retry_after,
+            })
+        };
+        let cases = [
+            (
+                UpstreamFailure::ServerError(answer(503)),
+                UpstreamFailure::ServerError(answer(503)),
+            ),
+            (
+                UpstreamFailure::NotRead(answer(408)),
+                UpstreamFailure::NotRead(answer(408)),
+            ),
+            (
+                throttled(Some(RetryAfter::At(now + Duration::from_millis(2_500)))),
+                throttled(Some(RetryAfter::Delay(Duration::from_millis(2_500)))),
+            ),
+            (
+                UpstreamFailure::NotConnected("refused".into()),
+                UpstreamFailure::NotConnected("could not connect to the MPC: refused".into()),
+            ),
+        ];
+        for (failure, read_back) in cases {
+            let text = serde_json::to_string(&FailureRecord::of(&failure, now)).unwrap();
+            let record: FailureRecord = serde_json::from_str(&text).unwrap();
+            assert_eq!(record.into_failure(), read_back, "{text}");
         }
     }
 

@@ -12,9 +12,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::domain::label::Label;
+use crate::domain::mpc_reply::UpstreamFailure;
 use crate::domain::outcome::Remembered;
 use crate::store::StoreFuture;
-use crate::upstream::UpstreamFailure;
 
 /// How an MPC call settled: remembered, or a failure that certainly sent nothing.
 pub type Settled = Result<Remembered, UpstreamFailure>;
@@ -171,8 +171,8 @@ pub(crate) mod suite {
     use crate::clock::{Clock, FakeClock};
     use crate::dedup::{Claim, Dedup, Lease, Lifetimes};
     use crate::domain::label::Label;
+    use crate::domain::mpc_reply::{MpcResult, Reply, UpstreamFailure};
     use crate::domain::outcome::{MpcAnswer, Outcome, Uncertainty};
-    use crate::upstream::{MpcResult, Reply, UpstreamFailure};
 
     /// The store under test and the clock it follows.
     pub struct Fixture {

@@ -188,11 +188,14 @@ pub enum RetrievalOutcome {
     Forbidden,
     /// 403: a browser request from another origin.
     CrossOrigin,
+    /// The MPC asked the gateway to slow down: this request's call was
+    /// throttled, or it came during the pause.
+    UpstreamThrottled,
 }
 
 impl RetrievalOutcome {
     /// Every outcome, for series exported at 0 from start-up.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 16] = [
         Self::Sent,
         Self::Deduplicated,
         Self::Coalesced,
@@ -208,6 +211,7 @@ impl RetrievalOutcome {
         Self::StoreUnavailable,
         Self::Forbidden,
         Self::CrossOrigin,
+        Self::UpstreamThrottled,
     ];
 
     /// The `outcome` label value.
@@ -228,6 +232,7 @@ impl RetrievalOutcome {
             Self::StoreUnavailable => "store_unavailable",
             Self::Forbidden => "forbidden",
             Self::CrossOrigin => "cross_origin",
+            Self::UpstreamThrottled => "upstream_throttled",
         }
     }
 }
@@ -248,7 +253,8 @@ pub struct Decision {
 pub enum CallResult {
     /// The MPC accepted.
     Accepted,
-    /// The MPC refused the label (4xx).
+    /// A 4xx answer but 429: the MPC refused the label (or, 408, did not
+    /// read the request).
     Rejected,
     /// The MPC failed (5xx).
     ServerError,
@@ -260,11 +266,13 @@ pub enum CallResult {
     ConnectError,
     /// The connection failed after the request may have been written.
     ConnectionLost,
+    /// The MPC asked the gateway to slow down: a 429, or a 503 with `Retry-After`.
+    Throttled,
 }
 
 impl CallResult {
     /// Every result, for series exported at 0 from start-up.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Accepted,
         Self::Rejected,
         Self::ServerError,
@@ -272,6 +280,7 @@ impl CallResult {
         Self::Timeout,
         Self::ConnectError,
         Self::ConnectionLost,
+        Self::Throttled,
     ];
 
     /// The `result` label value.
@@ -284,6 +293,7 @@ impl CallResult {
             Self::Timeout => "timeout",
             Self::ConnectError => "connect_error",
             Self::ConnectionLost => "connection_lost",
+            Self::Throttled => "throttled",
         }
     }
 }

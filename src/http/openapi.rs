@@ -6,9 +6,9 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use crate::domain::label::{AcceptedFormat, LabelKind};
+use crate::domain::outcome::MpcAnswer;
 use crate::http::problem::ProblemDocument;
 use crate::http::routes::{batch, labels, retrieve};
-use crate::upstream::MpcAnswer;
 
 /// The public API's document.
 #[derive(OpenApi)]

@@ -15,6 +15,7 @@ use crate::auth::AuthError;
 use crate::domain::identity::Scope;
 use crate::domain::label::{ACCEPTED_FORMATS, AcceptedFormat, LabelError};
 use crate::domain::outcome::{MpcAnswer, RetrievalOutcome, Uncertainty};
+use crate::pause::Paused;
 use crate::quota::{Refusal, whole_seconds};
 use crate::retrieval::{Refused, STORE_RETRY_AFTER};
 use crate::store::StoreError;
@@ -90,6 +91,10 @@ pub enum Problem {
         /// When the budget admits again.
         retry_after: Duration,
     },
+    /// The MPC asked the gateway to slow down: nothing is forwarded until
+    /// the pause ends.
+    #[error("paused at the MPC's request")]
+    UpstreamThrottled(Paused),
     /// The shared store could not be used: the label could not be claimed.
     #[error("shared store unavailable")]
     StoreUnavailable {
@@ -197,6 +202,11 @@ impl Problem {
                 UNAVAILABLE,
                 "urn:mpc-gateway:store-unavailable",
                 "The shared store is unavailable",
+            ),
+            Self::UpstreamThrottled(_) => (
+                UNAVAILABLE,
+                "urn:mpc-gateway:upstream-throttled",
+                "The MPC asked the gateway to slow down",
             ),
             Self::BodyTimeout => (
                 StatusCode::REQUEST_TIMEOUT,
@@ -328,6 +338,13 @@ impl Problem {
                  could not be claimed; nothing was sent. Try again in {} s.",
                 whole_seconds(*retry_after)
             ),
+            Self::UpstreamThrottled(paused) => format!(
+                "The MPC asked the gateway to send it nothing until {}, so nothing was sent; \
+                 this says nothing about the label. Try again in {} s. Labels already \
+                 requested are still answered.",
+                humantime::format_rfc3339_seconds(paused.shown_until()),
+                whole_seconds(paused.remaining)
+            ),
             Self::BodyTimeout => "The request body did not arrive in time.".to_owned(),
             Self::HeadersTooLarge { limit } => {
                 format!("The request headers add up to more than {limit} bytes.")
@@ -402,6 +419,7 @@ impl Problem {
             | Self::CircuitOpen { retry_after }
             | Self::StoreUnavailable { retry_after }
             | Self::UpstreamUncertain { retry_after, .. } => Some(*retry_after),
+            Self::UpstreamThrottled(paused) => Some(paused.remaining),
             _ => None,
         }
     }
@@ -422,6 +440,7 @@ impl Problem {
             max_body_bytes: None,
             max_labels: None,
             required_scope: None,
+            paused_until: None,
         };
         match self {
             Self::InvalidLabel { label, error } => {
@@ -438,6 +457,10 @@ impl Problem {
             Self::QuotaExceeded(refusal) => {
                 document.limit = Some(refusal.limit.as_str());
                 document.retry_after_seconds = Some(whole_seconds(refusal.retry_after));
+            }
+            Self::UpstreamThrottled(paused) => {
+                document.paused_until =
+                    Some(humantime::format_rfc3339_seconds(paused.shown_until()).to_string());
             }
             _ => {}
         }
@@ -471,6 +494,7 @@ impl From<Refused> for Problem {
     fn from(refused: Refused) -> Self {
         match refused {
             Refused::CircuitOpen { retry_after } => Self::CircuitOpen { retry_after },
+            Refused::Throttled(paused) => Self::UpstreamThrottled(paused),
             Refused::Quota(refusal) => Self::QuotaExceeded(refusal),
             Refused::GatewayBusy { retry_after } => Self::GatewayBusy { retry_after },
             Refused::StoreUnavailable(error) => {
@@ -535,6 +559,10 @@ pub struct ProblemDocument {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, example = "retrieve")]
     pub required_scope: Option<&'static str>,
+    /// `upstream-throttled`: when the pause the MPC asked for ends (RFC 3339, UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "2026-11-26T04:02:00Z")]
+    pub paused_until: Option<String>,
 }
 
 impl ResponseError for Problem {
@@ -617,6 +645,37 @@ mod tests {
     }
 
     #[test]
+    fn a_throttled_request_says_until_when_and_that_nothing_was_sent() {
+        let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let paused = Paused::from(now, Duration::from_millis(2_500));
+        let problem = Problem::UpstreamThrottled(paused);
+        assert_eq!(problem.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(problem.retry_after(), Some(Duration::from_millis(2_500)));
+        let body = problem.to_json();
+        assert_eq!(body["type"], "urn:mpc-gateway:upstream-throttled");
+        assert_eq!(
+            body["paused_until"], "2027-01-15T08:00:03Z",
+            "rounded up to the second"
+        );
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains("until 2027-01-15T08:00:03Z"), "{detail}");
+        assert!(detail.contains("nothing was sent"), "{detail}");
+        assert!(detail.contains("Try again in 3 s"), "{detail}");
+        let response = problem.error_response();
+        assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "3");
+        let whole = Problem::UpstreamThrottled(Paused::from(now, Duration::from_secs(3)));
+        assert_eq!(whole.to_json()["paused_until"], "2027-01-15T08:00:03Z");
+        assert_eq!(
+            Problem::CircuitOpen {
+                retry_after: Duration::from_secs(1)
+            }
+            .to_json()
+            .get("paused_until"),
+            None
+        );
+    }
+
+    #[test]
     fn every_problem_has_the_rfc9457_members() {
         let problems = [
             Problem::MalformedRequest("x".into()),
@@ -639,6 +698,10 @@ mod tests {
             Problem::StoreUnavailable {
                 retry_after: Duration::from_secs(1),
             },
+            Problem::UpstreamThrottled(Paused::from(
+                std::time::SystemTime::now(),
+                Duration::from_secs(3),
+            )),
             Problem::BodyTimeout,
             Problem::HeadersTooLarge { limit: 16384 },
             Problem::AdminUnauthorized,

@@ -74,6 +74,7 @@ pub struct Metrics {
     dedup_entries: IntGauge,
     quota_rejections: IntCounterVec,
     circuit_breaker_state: IntGauge,
+    upstream_paused: IntGauge,
     audit_write_failures: IntCounter,
     state_file_saves: ByResult,
     config_reloads: ByResult,
@@ -173,6 +174,11 @@ impl Metrics {
             "mpc_gateway_circuit_breaker_state",
             "Circuit breaker towards the MPC: 0 closed, 1 half-open, 2 open.",
         )?;
+        let upstream_paused = IntGauge::new(
+            "mpc_gateway_upstream_paused",
+            "1 while the MPC's own back-pressure (429, or 503 with Retry-After) pauses \
+             forwarding, else 0.",
+        )?;
         let audit_write_failures = IntCounter::new(
             "mpc_gateway_audit_write_failures_total",
             "Audit lines lost because the audit file could not be written.",
@@ -202,6 +208,7 @@ impl Metrics {
         registry.register(Box::new(dedup_entries.clone()))?;
         registry.register(Box::new(quota_rejections.clone()))?;
         registry.register(Box::new(circuit_breaker_state.clone()))?;
+        registry.register(Box::new(upstream_paused.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
         registry.register(Box::new(audit_write_failures.clone()))?;
         registry.register(Box::new(store_up.clone()))?;
@@ -266,6 +273,7 @@ impl Metrics {
             dedup_entries,
             quota_rejections,
             circuit_breaker_state,
+            upstream_paused,
             audit_write_failures,
             state_file_saves,
             config_reloads,
@@ -321,6 +329,11 @@ impl Metrics {
     /// Sets the breaker state: 0 closed, 1 half-open, 2 open.
     pub fn set_circuit_breaker_state(&self, state: i64) {
         self.circuit_breaker_state.set(state);
+    }
+
+    /// Sets whether forwarding is paused at the MPC's request.
+    pub fn set_upstream_paused(&self, paused: bool) {
+        self.upstream_paused.set(i64::from(paused));
     }
 
     /// The counter of lost audit lines, for the audit log to count them in.
@@ -477,6 +490,15 @@ mod tests {
             env!("CARGO_PKG_VERSION")
         )));
         assert!(text.contains("mpc_gateway_circuit_breaker_state 0"));
+        assert!(text.contains("mpc_gateway_upstream_paused 0"));
+        assert!(text.contains("mpc_gateway_upstream_requests_total{result=\"throttled\"} 0"));
+        assert!(text.contains(
+            "mpc_gateway_retrievals_total{label_kind=\"none\",outcome=\"upstream_throttled\"} 0"
+        ));
+        metrics.set_upstream_paused(true);
+        assert!(metrics.render().contains("mpc_gateway_upstream_paused 1"));
+        metrics.set_upstream_paused(false);
+        assert!(metrics.render().contains("mpc_gateway_upstream_paused 0"));
     }
 
     #[test]

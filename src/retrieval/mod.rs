@@ -3,9 +3,9 @@
 //! [`Retrieval::retrieve`], or [`Retrieval::retrieve_all`] for many labels,
 //! which takes each through the same two steps.
 //!
-//! remembered → breaker → store claim → the user's upstream quota → the
-//! courtesy budget → an MPC call slot → the MPC → settle; each retrieval
-//! ends in one [`Decision`], recorded once.
+//! remembered or store claim → breaker → the MPC's pause → the user's
+//! upstream quota → the courtesy budget → an MPC call slot → the MPC →
+//! settle; each retrieval ends in one [`Decision`], recorded once.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -16,8 +16,10 @@ use tracing::Instrument;
 use crate::dedup::{Claim, Dedup, Lease, Settled, Waiter};
 use crate::domain::identity::Identity;
 use crate::domain::label::Label;
+use crate::domain::mpc_reply::UpstreamFailure;
 use crate::domain::outcome::{Decision, Outcome, RetrievalOutcome, Uncertainty};
 use crate::observe::record::{Asker, Observer};
+use crate::pause::{Pause, Paused};
 use crate::quota::{LimitKind, QuotaError, Quotas, Refusal};
 use crate::store::StoreError;
 use crate::upstream::MpcClient;
@@ -58,6 +60,9 @@ pub enum Refused {
         /// When the breaker lets a probe through.
         retry_after: Duration,
     },
+    /// The MPC asked the gateway to slow down, and the pause is not over.
+    #[error("paused at the MPC's request")]
+    Throttled(Paused),
     /// The user's upstream quota is used up.
     #[error("upstream quota used up")]
     Quota(Refusal),
@@ -79,6 +84,7 @@ impl Refused {
     fn outcome(&self) -> RetrievalOutcome {
         match self {
             Self::CircuitOpen { .. } => RetrievalOutcome::CircuitOpen,
+            Self::Throttled(_) => RetrievalOutcome::UpstreamThrottled,
             Self::Quota(_) => RetrievalOutcome::QuotaExceeded,
             Self::GatewayBusy { .. } => RetrievalOutcome::GatewayBusy,
             Self::StoreUnavailable(_) => RetrievalOutcome::StoreUnavailable,
@@ -92,6 +98,7 @@ impl Refused {
             Self::CircuitOpen { retry_after } | Self::GatewayBusy { retry_after } => {
                 Some(*retry_after)
             }
+            Self::Throttled(paused) => Some(paused.remaining),
             Self::Quota(refusal) => Some(refusal.retry_after),
             Self::StoreUnavailable(_) => Some(STORE_RETRY_AFTER),
             Self::Interrupted => None,
@@ -116,6 +123,8 @@ pub struct Retrieval {
     pub dedup: Arc<Dedup>,
     /// Stops calling a failing MPC.
     pub breaker: Arc<Breaker>,
+    /// Stops calling an MPC that asked to be left alone.
+    pub pause: Arc<Pause>,
     /// The user's upstream quota and the courtesy budget.
     pub quotas: Arc<Quotas>,
     /// One permit per MPC call allowed under way (`upstream.max_concurrent`).
@@ -187,7 +196,7 @@ impl Retrieval {
     }
 
     /// Everything up to the first wait on another party: the claim, and for
-    /// the leader the breaker, the quota and the budget.
+    /// the leader the breaker, the pause, the quota and the budget.
     async fn start(&self, identity: &Identity, label: &Label) -> Step {
         let claim = match self.dedup.claim(label).await {
             Ok(claim) => claim,
@@ -206,6 +215,17 @@ impl Retrieval {
                         return Step::Done(Err(Refused::CircuitOpen { retry_after }));
                     }
                 };
+                match self.pause.check().await {
+                    Ok(None) => {}
+                    Ok(Some(paused)) => {
+                        tracing::info!(
+                            paused_until = %humantime::format_rfc3339_millis(paused.until),
+                            "paused at the MPC's request: not forwarding"
+                        );
+                        return Step::Done(Err(Refused::Throttled(paused)));
+                    }
+                    Err(error) => return Step::Done(Err(Refused::StoreUnavailable(error))),
+                }
                 match self.charge(identity).await {
                     Ok(()) => Step::Call { lease, permit },
                     Err(refused) => Step::Done(Err(refused)),
@@ -285,6 +305,11 @@ impl Retrieval {
             });
         };
         let user = identity.shared_user();
+        let (pause, quotas, payer) = (
+            Arc::clone(&self.pause),
+            Arc::clone(&self.quotas),
+            identity.clone(),
+        );
         // Its own task: a caller that disconnects cannot cancel the call
         // halfway and let a waiter send a second email.
         let call = actix_web::rt::spawn(
@@ -293,7 +318,22 @@ impl Retrieval {
                 let result = mpc.retrieve(lease.label()).await;
                 drop(slot);
                 permit.record(&result);
-                Ok::<_, StoreError>(lease.settle(&result, user).await)
+                // Paused before the waiters hear of it, so that none
+                // claims the label again and finds the MPC still open.
+                let result = match result {
+                    Err(UpstreamFailure::Throttled(throttle)) => {
+                        let until = pause.obey(&throttle).await;
+                        Err(UpstreamFailure::Throttled(throttle.obeyed(until)))
+                    }
+                    result => result,
+                };
+                let settled = lease.settle(&result, user).await;
+                if let Err(UpstreamFailure::Throttled(_)) = settled {
+                    // The MPC did not act on it: the units were not used
+                    // (given back here, should the caller have left).
+                    give_back(&quotas, &payer).await;
+                }
+                Ok::<_, StoreError>(settled)
             }
             .instrument(tracing::Span::current()),
         );
@@ -331,12 +371,7 @@ impl Retrieval {
 
     /// Gives back what [`Retrieval::charge`] took, when nothing was sent.
     async fn refund(&self, identity: &Identity) {
-        given_back(
-            self.quotas
-                .refund_upstream(identity.user(), identity.tier())
-                .await,
-        );
-        given_back(self.quotas.refund_budget().await);
+        give_back(&self.quotas, identity).await;
     }
 
     fn refused_by(&self, error: QuotaError) -> Refused {
@@ -353,6 +388,17 @@ impl Retrieval {
             QuotaError::Store(error) => Refused::StoreUnavailable(error),
         }
     }
+}
+
+/// Gives back the user's upstream-quota unit and the courtesy budget's
+/// unit that a call charged, when the MPC did not act on it.
+async fn give_back(quotas: &Quotas, identity: &Identity) {
+    given_back(
+        quotas
+            .refund_upstream(identity.user(), identity.tier())
+            .await,
+    );
+    given_back(quotas.refund_budget().await);
 }
 
 /// Logs a quota unit that could not be given back: it stays spent, though nothing was sent.
@@ -394,7 +440,10 @@ fn decide(answer: &Result<Answered, Refused>) -> Decision {
             (retrieval, status, outcome.may_have_emailed())
         }
         Err(failure) => (
-            RetrievalOutcome::UpstreamError,
+            match failure {
+                UpstreamFailure::Throttled(_) => RetrievalOutcome::UpstreamThrottled,
+                _ => RetrievalOutcome::UpstreamError,
+            },
             failure.answer().map(|answer| answer.status),
             false,
         ),
@@ -413,8 +462,8 @@ fn decide(answer: &Result<Answered, Refused>) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::mpc_reply::{RetryAfter, Throttle};
     use crate::domain::outcome::{MpcAnswer, Remembered};
-    use crate::upstream::UpstreamFailure;
 
     fn answered(outcome: Outcome, via: Via) -> Result<Answered, Refused> {
         let now = SystemTime::now();
@@ -497,6 +546,33 @@ mod tests {
         assert_eq!(failed.outcome, RetrievalOutcome::UpstreamError);
         assert_eq!(failed.upstream_status, Some(503));
         assert!(!failed.may_have_emailed);
+        let throttle = |via| {
+            decide(&Ok(Answered {
+                settled: Err(UpstreamFailure::Throttled(Throttle {
+                    answer: MpcAnswer {
+                        status: 429,
+                        body: None,
+                    },
+                    retry_after: Some(RetryAfter::Delay(Duration::from_secs(3))),
+                })),
+                via,
+            }))
+        };
+        let throttled = throttle(Via::Forwarded);
+        assert_eq!(throttled.outcome, RetrievalOutcome::UpstreamThrottled);
+        assert_eq!(throttled.upstream_status, Some(429));
+        assert!(!throttled.may_have_emailed);
+        assert_eq!(
+            throttle(Via::Collapsed).outcome,
+            RetrievalOutcome::Coalesced
+        );
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let paused = Refused::Throttled(Paused::from(now, Duration::from_secs(7)));
+        assert_eq!(
+            decide(&Err(paused.clone())).outcome,
+            RetrievalOutcome::UpstreamThrottled
+        );
+        assert_eq!(paused.retry_after(), Some(Duration::from_secs(7)));
         let refused = decide(&Err(Refused::GatewayBusy {
             retry_after: Duration::from_secs(1),
         }));

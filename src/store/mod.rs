@@ -11,7 +11,7 @@ pub mod redis;
 pub(crate) mod test_server;
 
 /// Every `operation` of `store_errors_total`, exported at 0 from start-up.
-pub const OPERATIONS: [&str; 9] = [
+pub const OPERATIONS: [&str; 10] = [
     "get",
     "claim",
     "begin_call",
@@ -21,6 +21,7 @@ pub const OPERATIONS: [&str; 9] = [
     "watch",
     "quota",
     "marker",
+    "pause",
 ];
 
 /// The future a store method returns: boxed, so that stores are objects

@@ -202,15 +202,22 @@ pub async fn check_eviction_policy(redis: &Redis) {
 /// A connection to the test run's shared server, under a prefix of its own.
 #[cfg(test)]
 pub(crate) fn for_tests() -> Arc<Redis> {
-    use super::test_server::{RedisServer, unique_prefix};
+    let server = super::test_server::RedisServer::shared();
+    for_tests_on(server, Duration::from_secs(2))
+}
+
+/// A connection to `server`, under a prefix of its own, each command
+/// bounded by `timeout`.
+#[cfg(test)]
+pub(crate) fn for_tests_on(
+    server: &super::test_server::RedisServer,
+    timeout: Duration,
+) -> Arc<Redis> {
     let settings = StoreSettings {
         backend: crate::config::StoreBackend::Redis,
-        redis_url: RedisServer::shared()
-            .url()
-            .try_into()
-            .expect("a socket URL"),
-        key_prefix: unique_prefix(),
-        timeout: Duration::from_secs(2),
+        redis_url: server.url().try_into().expect("a socket URL"),
+        key_prefix: super::test_server::unique_prefix(),
+        timeout,
     };
     let health = Health {
         up: IntGauge::new("up", "up").unwrap(),

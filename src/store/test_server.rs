@@ -94,7 +94,7 @@ impl RedisServer {
             });
         }
         let child = command.spawn().unwrap_or_else(|error| {
-            panic!("cannot start redis-server (apt-get install redis-server): {error}")
+            panic!("cannot start redis-server (scripts/test installs it): {error}")
         });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -1,14 +1,15 @@
 //! The circuit breaker towards the MPC: after `upstream.breaker_failures`
 //! consecutive failures it opens for `upstream.breaker_open_for`, during
 //! which nothing is sent; then one probe goes through, and its result
-//! closes the breaker or opens it again.
+//! closes the breaker or opens it again. An MPC that asks to be left alone
+//! (throttled) is neither failing nor well: the breaker does not count it.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::clock::Clock;
 
-use super::{Reply, UpstreamFailure};
+use crate::domain::mpc_reply::{Health, MpcResult, read};
 
 /// What the breaker lets through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,10 +151,22 @@ pub struct Permit {
 }
 
 impl Permit {
-    /// Records the call: any 2xx or 4xx answer is a success, anything else a failure.
-    pub fn record(mut self, result: &Result<Reply, UpstreamFailure>) {
+    /// Records the call: any answer about the label (2xx, 4xx) is a
+    /// success, a throttled one nothing at all, anything else a failure.
+    pub fn record(mut self, result: &MpcResult) {
+        let success = match read(result).health {
+            Health::Answering => true,
+            Health::Failing => false,
+            // Neither counted nor reset: the pause already stops forwarding.
+            // A probe answered so is released (on drop): the MPC gave no
+            // word on its health, so the breaker stays half-open and the
+            // first request forwarded after the pause probes again, rather
+            // than closing on a word it did not give or opening for
+            // `breaker_open_for` on top of the MPC's own pause.
+            Health::Throttled => return,
+        };
         self.settled = true;
-        self.breaker.record(result.is_ok(), self.probe);
+        self.breaker.record(success, self.probe);
     }
 }
 
@@ -170,7 +183,8 @@ impl Drop for Permit {
 mod tests {
     use super::*;
     use crate::clock::FakeClock;
-    use crate::upstream::MpcAnswer;
+    use crate::domain::mpc_reply::{Reply, Throttle, UpstreamFailure};
+    use crate::domain::outcome::MpcAnswer;
 
     fn answer(status: u16) -> MpcAnswer {
         MpcAnswer { status, body: None }
@@ -182,6 +196,13 @@ mod tests {
 
     fn failed() -> Result<Reply, UpstreamFailure> {
         Err(UpstreamFailure::ServerError(answer(503)))
+    }
+
+    fn throttled() -> Result<Reply, UpstreamFailure> {
+        Err(UpstreamFailure::Throttled(Throttle {
+            answer: answer(429),
+            retry_after: None,
+        }))
     }
 
     fn breaker() -> (Arc<FakeClock>, Arc<Breaker>) {
@@ -257,6 +278,54 @@ mod tests {
         clock.advance(Duration::from_secs(30));
         drop(breaker.admit().unwrap());
         assert!(breaker.admit().is_ok(), "the next request may probe");
+    }
+
+    #[test]
+    fn a_throttled_answer_neither_counts_nor_resets() {
+        let (_clock, breaker) = breaker();
+        breaker.admit().unwrap().record(&failed());
+        breaker.admit().unwrap().record(&failed());
+        for _ in 0..5 {
+            breaker.admit().unwrap().record(&throttled());
+        }
+        assert_eq!(breaker.state(), BreakerState::Closed, "not counted");
+        breaker.admit().unwrap().record(&failed());
+        assert_eq!(
+            breaker.state(),
+            BreakerState::Open,
+            "the two failures before still counted: not reset"
+        );
+    }
+
+    #[test]
+    fn a_408_counts_as_a_failure() {
+        let (_clock, breaker) = breaker();
+        for _ in 0..3 {
+            breaker
+                .admit()
+                .unwrap()
+                .record(&Err(UpstreamFailure::NotRead(answer(408))));
+        }
+        assert_eq!(breaker.state(), BreakerState::Open);
+    }
+
+    #[test]
+    fn a_throttled_probe_leaves_the_breaker_half_open_for_the_next_probe() {
+        let (clock, breaker) = breaker();
+        for _ in 0..3 {
+            breaker.admit().unwrap().record(&failed());
+        }
+        clock.advance(Duration::from_secs(30));
+        breaker.admit().unwrap().record(&throttled());
+        assert_eq!(breaker.state(), BreakerState::HalfOpen);
+        let probe = breaker.admit().expect("the next request probes");
+        assert_eq!(
+            breaker.admit().err(),
+            Some(PROBE_WAIT),
+            "one probe at a time"
+        );
+        probe.record(&ok());
+        assert_eq!(breaker.state(), BreakerState::Closed);
     }
 
     #[test]

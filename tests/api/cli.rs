@@ -303,6 +303,37 @@ fn serve_refuses_to_start_on_a_bad_config() {
     );
 }
 
+#[test]
+fn serve_says_first_where_it_forwards_that_emails_are_real_and_how_to_run_the_demo() {
+    let mut child = gateway()
+        .env("MPC_GATEWAY__SERVER__LISTEN", "127.0.0.1:0")
+        .env("MPC_GATEWAY__ADMIN__LISTEN", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (first, line) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stderr), &mut text);
+        let _ = first.send(text);
+    });
+    let banner = line.recv_timeout(std::time::Duration::from_secs(20));
+    let _ = child.kill();
+    let _ = child.wait();
+    let banner = banner.expect("a first line on stderr within 20 s");
+
+    for words in [
+        "forwards to the MPC at https://data.minorplanetcenter.net/api/action-codes/retrieve",
+        "valid labels of real submissions trigger real emails",
+        "run the demo instead: mpc-action-gateway demo",
+    ] {
+        assert!(banner.contains(words), "{words:?} in {banner:?}");
+    }
+}
+
 #[tokio::test]
 async fn healthcheck_exits_0_for_a_live_gateway_and_1_otherwise() {
     let app = spawn_app().await;

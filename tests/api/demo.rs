@@ -38,6 +38,13 @@ async fn demo_serves_a_full_retrieve_duplicate_status_flow() {
     assert_eq!(unknown.status().as_u16(), 404);
     let failing = retrieve("FAIL001").await.unwrap();
     assert_eq!(failing.status().as_u16(), 502);
+    let busy = retrieve("BUSY001").await.unwrap();
+    assert_eq!(busy.status().as_u16(), 503);
+    assert_eq!(
+        busy.headers()["retry-after"],
+        "5",
+        "the simulated MPC asks for 5 s"
+    );
     let admin = get(format!("{}/admin/labels/{label}", demo.admin)).await;
     assert_eq!(admin["user"], "anonymous:127.0.0.1");
     let page = client

@@ -26,3 +26,4 @@ mod retrieve;
 mod robustness;
 mod slow_clients;
 mod state_file;
+mod throttling;

@@ -54,6 +54,17 @@ async fn the_page_loads_without_identity_with_its_security_headers() {
         body.contains("never shown"),
         "the page says the code is never shown"
     );
+    assert!(
+        body.contains("href=\"https://www.minorplanetcenter.net/submit_action_code\""),
+        "the page links where the code is used"
+    );
+    assert!(
+        body.contains("trksubs, trkids, submission IDs or submission\nblock IDs"),
+        "the page names the four kinds of label: {body}"
+    );
+    for machine_words in ["obsid", "submission_id", "trksub_or_trkid", "label_kind"] {
+        assert!(!body.contains(machine_words), "{machine_words:?} in {body}");
+    }
     assert!(!body.contains("<script>"), "no inline script");
     assert!(
         !body.contains("<style") && !body.contains("style="),
@@ -111,12 +122,35 @@ async fn the_form_requests_each_valid_label_once_and_a_reload_shows_already_requ
         "{body}"
     );
     assert!(body.contains("Invalid, not sent"), "{body}");
+    // Without JavaScript, moments read in UTC inside a machine-readable <time>.
+    let moment = body
+        .split("<time datetime=\"")
+        .nth(1)
+        .expect("a <time> element");
+    let (datetime, rest) = moment.split_once("\">").unwrap();
+    assert!(
+        datetime.len() == 20 && datetime.ends_with('Z') && datetime.as_bytes()[10] == b'T',
+        "{datetime}"
+    );
+    let shown = rest.split_once("</time>").unwrap().0;
+    assert_eq!(
+        shown,
+        format!("{} {} UTC", &datetime[..10], &datetime[11..19])
+    );
+    assert!(
+        body.contains("4 labels handled: 3 sent now, 1 invalid."),
+        "{body}"
+    );
 
     let again = submit(&app, pasted, &[]).await.text().await.unwrap();
 
     assert!(!again.contains("Sent: the MPC"), "{again}");
     assert_eq!(again.matches("Already requested at").count(), 3, "{again}");
     assert!(again.contains("a resend is possible after"), "{again}");
+    assert!(
+        again.contains("4 labels handled: 3 already requested, 1 invalid."),
+        "{again}"
+    );
 }
 
 #[tokio::test]

@@ -31,6 +31,7 @@ mod mpc_replies;
 mod observability;
 #[path = "../api/page.rs"]
 mod page;
+mod paused_replicas;
 #[path = "../api/quota.rs"]
 mod quota;
 #[path = "../api/reload.rs"]
@@ -44,3 +45,5 @@ mod retrieve;
 mod robustness;
 #[path = "../api/slow_clients.rs"]
 mod slow_clients;
+#[path = "../api/throttling.rs"]
+mod throttling;

@@ -3,18 +3,23 @@
 //! at one honoured by all; and what a replica killed mid-call, or Redis
 //! stopped, emptied, flushed of its scripts or slow, leaves behind.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
+use mpc_action_gateway::clock::FakeClock;
 use mpc_action_gateway::config::Settings;
 use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
 use wiremock::MockServer;
 
 use crate::helpers::mpc::{mpc_accepting_after, mpc_answering};
+use crate::helpers::raw_mpc::raw_mpc;
 use crate::helpers::redis_server::{RedisServer, unique_prefix};
 use crate::helpers::{
     TestApp, add_tier, assert_problem, mpc_received, on_redis, raise_open_files_limit, run_binary,
-    spawn_app_with,
+    spawn_app_with, spawn_app_with_clock,
 };
 
 const LABEL: &str = "2024-05-02T21:03:35.001_0000FzZw";
@@ -476,4 +481,166 @@ async fn a_server_that_may_evict_the_gateways_keys_is_warned_about_at_start_up()
     assert_eq!(warning["level"], "WARN");
     assert_eq!(warning["maxmemory_policy"], "volatile-lru");
     assert!(warning["message"].as_str().unwrap().contains("noeviction"));
+}
+
+/// A status read right after Redis lost its data, by `read` (which answers
+/// the label's `last_requested_at`), leaves the label remembered here and
+/// written back: the next retrieve is answered, not sent again.
+async fn a_status_read_after_lost_data_sends_nothing_again(read: impl AsyncFn(&TestApp) -> Value) {
+    let redis = RedisServer::start();
+    let clock = Arc::new(FakeClock::default());
+    let gateway = spawn_app_with_clock(
+        |settings| on_redis(settings, &redis.url(), &unique_prefix()),
+        clock.clone(),
+    )
+    .await;
+    mpc_answering(200, json!({}))
+        .expect(1)
+        .mount(&gateway.mpc)
+        .await;
+    let sent = json_of(gateway.retrieve(LABEL).await).await;
+    assert_eq!(sent["status"], "sent");
+
+    assert_eq!(redis.cli(&["FLUSHALL"]), "OK");
+    // Past the time a copy is answered without asking Redis.
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        read(&gateway).await,
+        sent["requested_at"],
+        "Redis lost it; this replica did not"
+    );
+    let again = eventually(
+        Duration::from_secs(10),
+        async || gateway.retrieve(LABEL).await,
+        |status, _| status != 503,
+    )
+    .await;
+    assert_eq!(again["status"], "already_requested", "{again}");
+    assert_eq!(again["requested_at"], sent["requested_at"]);
+    assert_eq!(gateway.mpc.received_requests().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_label_status_read_after_lost_data_sends_nothing_again() {
+    a_status_read_after_lost_data_sends_nothing_again(async |gateway| {
+        json_of(gateway.label_status(LABEL).await).await["last_requested_at"].clone()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_batch_status_read_after_lost_data_sends_nothing_again() {
+    a_status_read_after_lost_data_sends_nothing_again(async |gateway| {
+        let batch = json_of(gateway.batch("status", &[LABEL], &[]).await).await;
+        batch["items"][0]["body"]["last_requested_at"].clone()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failed_call_whose_settle_was_lost_holds_nothing() {
+    let redis = RedisServer::start();
+    // Answers 500 to each request once the test lets it.
+    let answer = Arc::new(Semaphore::new(0));
+    let mpc = raw_mpc({
+        let answer = Arc::clone(&answer);
+        move |mut stream| {
+            let answer = Arc::clone(&answer);
+            async move {
+                answer.acquire().await.unwrap().forget();
+                let _ = stream
+                    .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        }
+    })
+    .await;
+    let gateway = spawn_app_with(|settings| {
+        settings.upstream.base_url = mpc.address.parse().unwrap();
+        settings.upstream.timeout = Duration::from_secs(2);
+        settings.store.timeout = Duration::from_millis(200);
+        on_redis(settings, &redis.url(), &unique_prefix());
+    })
+    .await;
+    let cut_then_answer = async {
+        while mpc.requests() < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The gateway's connection to Redis dies while the MPC answers:
+        // the settle of the 500 is lost.
+        assert_ne!(redis.cli(&["CLIENT", "KILL", "TYPE", "normal"]), "0");
+        answer.add_permits(1);
+    };
+    let (first, ()) = tokio::join!(gateway.retrieve(LABEL), cut_then_answer);
+    assert_problem(first, 502, "urn:mpc-gateway:upstream-error").await;
+
+    // The MPC certainly sent nothing: the label is not held as uncertain.
+    answer.add_permits(1);
+    assert_problem(
+        gateway.retrieve(LABEL).await,
+        502,
+        "urn:mpc-gateway:upstream-error",
+    )
+    .await;
+    assert_eq!(mpc.requests(), 2, "tried again");
+}
+
+#[tokio::test]
+async fn a_call_lost_with_its_replica_stays_held_after_redis_loses_its_data() {
+    let redis = RedisServer::start();
+    let mpc = MockServer::start().await;
+    mpc_accepting_after(Duration::from_secs(30))
+        .expect(1)
+        .mount(&mpc)
+        .await;
+    let (url, prefix, uri) = (redis.url(), unique_prefix(), mpc.uri());
+    let victim = run_binary(
+        &[],
+        &[
+            ("MPC_GATEWAY__UPSTREAM__BASE_URL", &uri),
+            ("MPC_GATEWAY__UPSTREAM__TIMEOUT", "2s"),
+            ("MPC_GATEWAY__UPSTREAM__CONNECT_TIMEOUT", "1s"),
+            ("MPC_GATEWAY__STORE__BACKEND", "redis"),
+            ("MPC_GATEWAY__STORE__REDIS_URL", &url),
+            ("MPC_GATEWAY__STORE__KEY_PREFIX", &prefix),
+        ],
+    )
+    .await;
+    let call = tokio::spawn(
+        reqwest::Client::new()
+            .post(format!("{}/api/action-codes/retrieve", victim.public))
+            .json(&json!({"label": LABEL}))
+            .send(),
+    );
+    mpc_received(&mpc, 1).await;
+    drop(victim); // SIGKILL, mid-call
+    assert!(call.await.unwrap().is_err());
+
+    let survivors = replicas(2, &mpc, &url, &prefix, |settings| {
+        settings.upstream.timeout = Duration::from_secs(2);
+    })
+    .await;
+    // The first survivor answers the label as held once the call is past
+    // its deadline; the second has never heard of it.
+    assert_problem(
+        survivors[0].retrieve(LABEL).await,
+        504,
+        "urn:mpc-gateway:upstream-timeout",
+    )
+    .await;
+
+    assert_eq!(redis.cli(&["FLUSHALL"]), "OK");
+    for survivor in &survivors {
+        let answer = eventually(
+            Duration::from_secs(10),
+            async || survivor.retrieve(LABEL).await,
+            |status, _| status != 503,
+        )
+        .await;
+        assert_eq!(
+            answer["type"], "urn:mpc-gateway:upstream-timeout",
+            "still held inside dedup.uncertain_ttl: {answer}"
+        );
+    }
+    assert_eq!(mpc.received_requests().await.unwrap().len(), 1);
 }

@@ -63,8 +63,68 @@ struct Page<'a> {
 /// One label's line in the table.
 struct Row {
     label: String,
-    words: String,
-    class: &'static str,
+    words: Words,
+}
+
+/// A label's result in words, and the class its row takes.
+pub struct Words {
+    /// The sentence, text and moments in turn.
+    pub parts: Vec<Part>,
+    /// `sent`, `already`, `invalid` or `refused`: the row's colour, and what
+    /// the summary counts.
+    pub class: &'static str,
+}
+
+/// A piece of a result's sentence.
+pub enum Part {
+    /// Plain text, escaped when shown.
+    Text(String),
+    /// A moment, shown in a `<time>` element: the page's script turns it
+    /// into the observer's local time and how long ago or until.
+    Time(Timestamp),
+}
+
+impl Part {
+    /// The moment as shown without JavaScript, e.g. `2026-11-26 04:00:00 UTC`.
+    fn utc(at: &Timestamp) -> String {
+        let text = at.as_str();
+        format!(
+            "{} UTC",
+            text.strip_suffix('Z').unwrap_or(text).replacen('T', " ", 1)
+        )
+    }
+}
+
+impl Words {
+    fn new(class: &'static str) -> Self {
+        Self {
+            parts: Vec::new(),
+            class,
+        }
+    }
+
+    fn text(mut self, text: impl Into<String>) -> Self {
+        self.parts.push(Part::Text(text.into()));
+        self
+    }
+
+    /// The moment named by `field` of `body`, or "an unknown time".
+    fn time(mut self, body: &Value, field: &str) -> Self {
+        let at = body
+            .get(field)
+            .and_then(Value::as_str)
+            .and_then(|text| humantime::parse_rfc3339(text).ok());
+        self.parts.push(match at {
+            Some(at) => Part::Time(Timestamp::new(at)),
+            None => Part::Text("an unknown time".to_owned()),
+        });
+        self
+    }
+
+    fn at(mut self, at: SystemTime) -> Self {
+        self.parts.push(Part::Time(Timestamp::new(at)));
+        self
+    }
 }
 
 /// The form's one field.
@@ -142,21 +202,13 @@ pub async fn submit(
         .map(|(raw, item)| {
             let (status, body) = item.into_item();
             let body: Value = serde_json::from_str(body.get()).unwrap_or(Value::Null);
-            let (words, class) = retrieval_words(status, &body, now);
             Row {
                 label: (*raw).to_owned(),
-                words,
-                class,
+                words: retrieval_words(status, &body, now),
             }
         })
         .collect();
-    let sent = rows.iter().filter(|row| row.class == "sent").count();
-    let summary = format!(
-        "{} label{} handled: {sent} sent now, {} not sent now (see each one below).",
-        rows.len(),
-        if rows.len() == 1 { "" } else { "s" },
-        rows.len() - sent
-    );
+    let summary = summary(rows.iter().map(|row| row.words.class));
     html(
         StatusCode::OK,
         &page(&state, &form.labels, rows, None).with_summary(&summary),
@@ -210,46 +262,88 @@ pub fn split_labels(text: &str) -> Vec<&str> {
         .collect()
 }
 
-/// What a retrieval's item says, in words, and the row's class.
-pub fn retrieval_words(status: u16, body: &Value, now: SystemTime) -> (String, &'static str) {
+/// What a retrieval's item says, in words: the one place a result becomes a
+/// sentence (`retrievalWords` in `static/page.js` says the same).
+pub fn retrieval_words(status: u16, body: &Value, now: SystemTime) -> Words {
     let text = |name: &str| body.get(name).and_then(Value::as_str).unwrap_or("?");
     if status == 200 {
         return match text("status") {
-            "sent" => (
-                format!(
-                    "Sent: the MPC will email the action code. A resend is possible after {}.",
-                    text("resend_available_at")
-                ),
-                "sent",
-            ),
-            _ => (
-                format!(
-                    "Already requested at {}; a resend is possible after {}.",
-                    text("requested_at"),
-                    text("resend_available_at")
-                ),
-                "already",
-            ),
+            "sent" => Words::new("sent")
+                .text("Sent: the MPC will email the action code. A resend is possible after ")
+                .time(body, "resend_available_at")
+                .text("."),
+            _ => Words::new("already")
+                .text("Already requested at ")
+                .time(body, "requested_at")
+                .text("; a resend is possible after ")
+                .time(body, "resend_available_at")
+                .text("."),
         };
     }
-    let kind = text("type");
     let after = body
         .get("retry_after_seconds")
         .and_then(Value::as_u64)
-        .map(|seconds| Timestamp::new(now + Duration::from_secs(seconds)));
-    match (kind, after) {
+        .map(|seconds| now + Duration::from_secs(seconds));
+    match (text("type"), after) {
         ("urn:mpc-gateway:invalid-label", _) => {
-            (format!("Invalid, not sent: {}.", text("reason")), "invalid")
+            Words::new("invalid").text(format!("Invalid, not sent: {}.", text("reason")))
         }
         ("urn:mpc-gateway:upstream-rejected", _) => {
-            (format!("Refused by the MPC: {}", text("detail")), "refused")
+            Words::new("refused").text(format!("Refused by the MPC: {}", text("detail")))
         }
-        (_, Some(at)) => (
-            format!("Not sent: {} Try again after {at}.", text("detail")),
-            "refused",
-        ),
-        _ => (format!("Not sent: {}", text("detail")), "refused"),
+        ("urn:mpc-gateway:quota-exceeded", Some(at)) => {
+            let why = match text("limit") {
+                "requests_per_minute" => "you sent too many requests in the last minute",
+                _ => "your quota of labels sent to the MPC is used up for now",
+            };
+            Words::new("refused")
+                .text(format!("Not sent: {why}. Try again after "))
+                .at(at)
+                .text(".")
+        }
+        // Their detail says whether the MPC may still send the email.
+        ("urn:mpc-gateway:upstream-timeout" | "urn:mpc-gateway:upstream-error", _) => {
+            Words::new("refused").text(text("detail"))
+        }
+        ("urn:mpc-gateway:upstream-throttled", _) => Words::new("refused")
+            .text("Not sent: the MPC asked the gateway to wait until ")
+            .time(body, "paused_until")
+            .text(
+                " before sending it anything, so nothing was sent; this says nothing about the \
+                 label. Try again after that time.",
+            ),
+        _ => Words::new("refused").text(format!("Not sent: {}", text("detail"))),
     }
+}
+
+/// The line above the table once labels are handled, from their rows' classes.
+fn summary<'a>(classes: impl Iterator<Item = &'a str>) -> String {
+    let (mut total, mut sent, mut already, mut invalid) = (0, 0, 0, 0);
+    for class in classes {
+        total += 1;
+        match class {
+            "sent" => sent += 1,
+            "already" => already += 1,
+            "invalid" => invalid += 1,
+            _ => {}
+        }
+    }
+    let not_sent = total - sent - already - invalid;
+    let counts: Vec<String> = [
+        (sent, "sent now"),
+        (already, "already requested"),
+        (invalid, "invalid"),
+        (not_sent, "not sent"),
+    ]
+    .into_iter()
+    .filter(|(count, _)| *count > 0)
+    .map(|(count, words)| format!("{count} {words}"))
+    .collect();
+    format!(
+        "{total} label{} handled: {}.",
+        if total == 1 { "" } else { "s" },
+        counts.join(", ")
+    )
 }
 
 /// The empty page.
@@ -328,6 +422,114 @@ mod tests {
         assert!(split_labels(" \n,;").is_empty());
     }
 
+    /// The words as one line, moments as their RFC 3339 text in brackets.
+    fn plain(words: &Words) -> String {
+        words
+            .parts
+            .iter()
+            .map(|part| match part {
+                Part::Text(text) => text.clone(),
+                Part::Time(at) => format!("[{at}]"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn answers_read_as_sentences_with_their_moments_apart() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_665_600);
+        let sent = retrieval_words(
+            200,
+            &serde_json::json!({"status": "sent", "resend_available_at": "2026-11-26T05:00:00Z"}),
+            now,
+        );
+        assert_eq!(sent.class, "sent");
+        assert_eq!(
+            plain(&sent),
+            "Sent: the MPC will email the action code. A resend is possible after \
+             [2026-11-26T05:00:00Z]."
+        );
+        let already = retrieval_words(
+            200,
+            &serde_json::json!({"status": "already_requested", "requested_at": "2026-11-26T04:00:00Z",
+                                "resend_available_at": "garbled"}),
+            now,
+        );
+        assert_eq!(already.class, "already");
+        assert_eq!(
+            plain(&already),
+            "Already requested at [2026-11-26T04:00:00Z]; a resend is possible after an \
+             unknown time."
+        );
+    }
+
+    #[test]
+    fn quota_refusals_say_when_in_words_without_config_keys() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_665_600);
+        for (limit, why) in [
+            ("upstream_per_hour", "your quota of labels sent to the MPC"),
+            (
+                "requests_per_minute",
+                "too many requests in the last minute",
+            ),
+        ] {
+            let body = serde_json::json!({"type": "urn:mpc-gateway:quota-exceeded",
+                "limit": limit, "retry_after_seconds": 90,
+                "detail": format!("Your {limit} limit is used up; try again in 90 s.")});
+            let words = plain(&retrieval_words(429, &body, now));
+            assert!(words.contains(why), "{words}");
+            assert!(
+                words.ends_with("Try again after [2026-11-26T04:01:30Z]."),
+                "{words}"
+            );
+            assert!(!words.contains(limit), "{words}");
+        }
+    }
+
+    #[test]
+    fn an_answer_that_may_still_bring_an_email_is_not_called_not_sent() {
+        let detail = "The MPC did not answer in time, so it may still email the action code";
+        let words = retrieval_words(
+            504,
+            &serde_json::json!({"type": "urn:mpc-gateway:upstream-timeout", "detail": detail}),
+            SystemTime::UNIX_EPOCH,
+        );
+        assert_eq!(plain(&words), detail);
+        assert_eq!(words.class, "refused");
+    }
+
+    #[test]
+    fn a_refusal_by_the_mpc_says_who_refused() {
+        let words = retrieval_words(
+            404,
+            &serde_json::json!({"type": "urn:mpc-gateway:upstream-rejected",
+                                "detail": "The MPC answered 404 for this label."}),
+            SystemTime::UNIX_EPOCH,
+        );
+        assert_eq!(
+            plain(&words),
+            "Refused by the MPC: The MPC answered 404 for this label."
+        );
+        assert_eq!(words.class, "refused");
+    }
+
+    #[test]
+    fn moments_without_javascript_read_in_utc() {
+        let at = Timestamp::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_665_600));
+        assert_eq!(Part::utc(&at), "2026-11-26 04:00:00 UTC");
+    }
+
+    #[test]
+    fn the_summary_counts_each_kind_of_result() {
+        assert_eq!(
+            summary(["sent", "already", "sent", "invalid", "refused"].into_iter()),
+            "5 labels handled: 2 sent now, 1 already requested, 1 invalid, 1 not sent."
+        );
+        assert_eq!(
+            summary(["already"].into_iter()),
+            "1 label handled: 1 already requested."
+        );
+    }
+
     #[test]
     fn hostile_labels_are_escaped() {
         let body = Page {
@@ -338,8 +540,7 @@ mod tests {
             quota: String::new(),
             rows: vec![Row {
                 label: "<img src=x>".to_owned(),
-                words: "\"&".to_owned(),
-                class: "invalid",
+                words: Words::new("invalid").text("\"&"),
             }],
             access: None,
         }

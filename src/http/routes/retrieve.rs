@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::domain::identity::Identity;
 use crate::domain::label::{Label, LabelKind};
+use crate::domain::mpc_reply::UpstreamFailure;
 use crate::domain::outcome::{MpcAnswer, Outcome, Remembered};
 use crate::http::context::Notes;
 use crate::http::problem::{Problem, ProblemDocument};
@@ -21,6 +22,7 @@ use crate::http::routes::media_type::MediaType;
 use crate::http::routes::{JSON, Reply, Timestamp, parse_label};
 use crate::http::state::AppState;
 use crate::observe::record::Asker;
+use crate::pause::Paused;
 use crate::retrieval::{self, Answered, Via};
 use crate::upstream::MpcClient;
 use utoipa::ToSchema;
@@ -141,7 +143,7 @@ pub struct Retrieved<'a> {
         (status = 431, description = "`headers-too-large`", body = ProblemDocument, content_type = "application/problem+json"),
         (status = "4XX", description = "`upstream-rejected`: the MPC refused the label, with its own 4xx status", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 502, description = "`upstream-error`: the MPC failed or could not be reached", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 503, description = "`upstream-circuit-open` or `gateway-busy`: nothing was sent; see `Retry-After`", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 503, description = "`upstream-circuit-open`, `upstream-throttled` (the MPC asked the gateway to slow down; member `paused_until`), `gateway-busy` or `store-unavailable`: nothing was sent; see `Retry-After`", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 504, description = "`upstream-timeout`: the MPC did not answer in time; it may still email", body = ProblemDocument, content_type = "application/problem+json"),
     ),
     security((), ("bearer" = []), ("api_key" = []))
@@ -223,6 +225,13 @@ pub fn reply(label: &Label, retrieved: retrieval::Retrieved) -> Reply {
                 retry_after: remembered.remaining(now),
             }),
         },
+        Err(UpstreamFailure::Throttled(throttle)) => {
+            // Obeyed: `retry_after` says when the gateway's pause ends.
+            let wait = throttle
+                .retry_after
+                .map_or(Duration::ZERO, |pause| pause.wait_from(now));
+            Reply::problem(Problem::UpstreamThrottled(Paused::from(now, wait)))
+        }
         Err(failure) => Reply::problem(Problem::UpstreamError(capitalise(&failure.to_string()))),
     };
     reply.with_cache_status(cache_status)
