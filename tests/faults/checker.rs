@@ -391,6 +391,19 @@ impl<'a> Index<'a> {
             .any(|loss| loss.start > call.read && loss.start < at && !self.known(call, loss))
     }
 
+    /// Whether Redis lost its data while `call` was under way or just after
+    /// its end: a replica waiting on it at the time saw it under way, not
+    /// its end, and writes it back as under way, so the label is held as
+    /// uncertain from the call's start, even after a 500. The SPEC allows
+    /// this, on the safe side (no second call); the checker holds the
+    /// gateways to it only.
+    fn lost_mid_call(&self, call: &Call) -> bool {
+        self.losses.iter().any(|loss| {
+            loss.start >= call.read - DISRUPTION_MARGIN
+                && loss.start <= call.ended + DISRUPTION_MARGIN
+        })
+    }
+
     /// A fault of the store, or of a replica, that came this close to
     /// `call` that its settle may have been lost, and before `answer` was
     /// answered, which it was asked within the grace after that fault.
@@ -691,9 +704,12 @@ impl<'a> Index<'a> {
                 last_requested_at: Some(at),
                 until,
             } => {
-                // A 500 is remembered only when its gateway did not read it.
+                // A 500 is remembered only when its gateway did not read it,
+                // or when data was lost before a waiter elsewhere saw its end.
                 let matched = calls.iter().any(|call| {
-                    (call.reply != MpcReply::ServerError || !self.read_as_written(call))
+                    (call.reply != MpcReply::ServerError
+                        || !self.read_as_written(call)
+                        || self.lost_mid_call(call))
                         && call.read <= answer.received
                         && self.time_matches(*at, call)
                 });
@@ -724,6 +740,14 @@ impl<'a> Index<'a> {
                 && (self.ended_uncertain(call) || self.disruption(call) != Disruption::None)
         });
         if after_uncertain_call {
+            return None;
+        }
+        let written_back_as_under_way = calls.iter().any(|call| {
+            call.read <= answer.received
+                && self.lost_mid_call(call)
+                && answer.sent <= call.ended + limits.uncertain_ttl + STALE_MARGIN
+        });
+        if written_back_as_under_way {
             return None;
         }
         if calls
@@ -1211,6 +1235,23 @@ mod tests {
             ..Log::default()
         };
         assert_eq!(fault_later.kinds(), vec![Kind::UncertainWithoutCause]);
+        // Data lost just after a 500: a waiter elsewhere that saw the call
+        // under way writes it back so, held until its uncertain_ttl ends.
+        let lost_after_a_500 = Log {
+            calls: vec![call(ER, 0, 1.0, 1.1)],
+            faults: vec![fault(FaultKind::FlushAll, 1.2, 1.2)],
+            answers: vec![
+                answer(ER, 1, 10.0, Reply::Uncertain),
+                status(ER, 2, 12.0, Some(0.9)),
+                answer(ER, 1, 20.0, Reply::Uncertain),
+            ],
+            ..Log::default()
+        };
+        assert_eq!(
+            lost_after_a_500.kinds(),
+            vec![Kind::UncertainWithoutCause],
+            "only the answer past the call's uncertain_ttl"
+        );
         let killed_while_asked = Log {
             faults: vec![fault(FaultKind::ReplicaKill(2), 3.0, 4.0)],
             answers: vec![
