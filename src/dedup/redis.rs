@@ -549,7 +549,12 @@ impl RedisStore {
                     } if self.is_lost(since) => Ok(Claim::Remembered(
                         self.keep_lost_call(label, since, user, until),
                     )),
-                    Held::Claim { token, calling } => Ok(self.watch(label, token, calling)),
+                    // This replica's own call, whose outcome it holds but
+                    // could not write yet: answered from it, as before.
+                    Held::Claim { token, calling } => match self.unsynced_outcome(label, token) {
+                        Some(remembered) => Ok(Claim::Remembered(remembered)),
+                        None => Ok(self.watch(label, token, calling)),
+                    },
                     _ => Err(refused("unreadable claim")),
                 }
             }
@@ -559,6 +564,14 @@ impl RedisStore {
             Some("recovering") => Err(refused(RECOVERING)),
             _ => Err(refused("unexpected answer to a claim")),
         }
+    }
+
+    /// The outcome of this replica's call `token` on `label`, settled here
+    /// but not yet written to Redis.
+    fn unsynced_outcome(&self, label: &Label, token: u64) -> Option<Remembered> {
+        let unsynced = self.unsynced.lock().expect("unsynced lock");
+        let (remembered, held) = unsynced.get(label)?;
+        (*held == token && !remembered.remaining(self.now()).is_zero()).then(|| remembered.clone())
     }
 
     /// Holds the claim `token` here; a local claim may have come first.
@@ -2016,6 +2029,27 @@ mod tests {
         match other.claim(&x, HOLD).await.unwrap() {
             Claim::Remembered(remembered) => assert_eq!(remembered, sent),
             _ => panic!("the outcome is in Redis"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_outcome_whose_settle_failed_is_answered_here_though_redis_holds_the_call() {
+        let server = RedisServer::start();
+        let redis = for_tests_on(&server, Duration::from_secs(2));
+        let (holder, clock) = quiet_replica(&redis).await;
+        let x = label("A10cnQO");
+        let claim = lead(&holder, &x).await;
+        holder.begin_call(&claim, "alice").await.unwrap();
+        assert_ne!(server.cli(&["CLIENT", "KILL", "TYPE", "normal"]), "0");
+        let sent = sent_now();
+        assert!(holder.settle(claim, Ok(sent.clone())).await.is_err());
+        // Past the local copy's trust: the claim asks Redis, which still
+        // holds this replica's call.
+        clock.advance(REVALIDATE * 2);
+        until_state(&holder, &x, Some("calling"), Duration::from_secs(1)).await;
+        match holder.claim(&x, HOLD).await.unwrap() {
+            Claim::Remembered(remembered) => assert_eq!(remembered, sent),
+            _ => panic!("the outcome is held here: not a wait on its own call"),
         }
     }
 
